@@ -1,0 +1,167 @@
+"""Model configuration: one frozen dataclass, validated on construction.
+
+A `ModelConfig` fully determines the graph that `build_deeplabv3` returns. It
+is saved next to every checkpoint (`to_dict` / `from_dict`), so evaluation and
+export rebuild exactly the network that was trained; only `output_stride` (and
+with it the default ASPP rates) may differ at inference, because output stride
+is a property of the graph, not of the weights (paper §4.1: train at 16,
+evaluate at 8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# Bottleneck units per stage (conv2..conv5, the paper's block1..block4).
+# 14 is a one-unit-per-stage network for tests and demos.
+BLOCKS_PER_DEPTH = {
+    14: (1, 1, 1, 1),
+    26: (2, 2, 2, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+OUTPUT_STRIDES = (8, 16, 32)
+STEMS = ("v0", "v1")
+
+# Input normalisations the model can apply to float pixels in [0, 255].
+#   caffe:    RGB->BGR, subtract the ImageNet BGR mean (keras.applications ResNets).
+#   imagenet: RGB, subtract mean and divide by std (torchvision, TF Model Garden).
+#   inception: scale to [-1, 1].
+NORMALIZATIONS = ("caffe", "imagenet", "inception")
+
+# ASPP rates of the paper (§3.3) at output stride 16; scaled by 16 / output_stride.
+ASPP_RATES_AT_OS16 = (6, 12, 18)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a DeepLabv3 graph.
+
+    Attributes:
+      num_classes: Number of output classes (21 for PASCAL VOC).
+      depth: ResNet depth, a key of `BLOCKS_PER_DEPTH` (14 is the tiny test net).
+      base_width: Bottleneck width of the first stage (64 in ResNets); every
+        stage and the stem scale with it. Smaller values make fast test nets.
+      output_stride: 8, 16 or 32. Stages past this stride replace their stride
+        by atrous convolution (paper §3.1).
+      multi_grid: Unit rates of the last block (paper §3.2.1); one per unit of
+        conv5 (and of each cascaded block). Final rate = unit rate x block rate.
+      stem: "v0" (7x7/2 conv, as ResNet v1) or "v1" (three 3x3 convs, as
+        resnet_v1_beta in research/deeplab and TF Model Garden's deep stem).
+      stride_in_1x1: Put a stage's stride on the first 1x1 conv of its first
+        unit (keras.applications, original Caffe ResNet) instead of the 3x3
+        conv (torchvision, TF Model Garden, "ResNet v1.5").
+      num_cascade_blocks: 0 for the ASPP model; 3 adds block5..block7, copies
+        of block4 with doubling rates (paper §3.2).
+      use_aspp: Apply ASPP (paper §3.3). Without it, the logits come from a 1x1
+        conv on the backbone output (the paper's cascade-only model).
+      aspp_rates: Rates of the three atrous ASPP convs; None means (6, 12, 18)
+        scaled to the output stride ((12, 24, 36) at 8).
+      aspp_filters: Filters of every ASPP branch and of its projection.
+      image_pooling: Add the image-level feature branch to ASPP.
+      dropout_rate: Dropout before the logits (0.1 in research/deeplab).
+      bn_momentum: BatchNorm moving-average decay (paper: 0.9997).
+      bn_epsilon: BatchNorm epsilon.
+      freeze_bn: Run every BatchNorm in inference mode with fixed parameters
+        (the paper's fine-tuning stage at output stride 8).
+      sync_bn: Synchronise BatchNorm statistics across replicas.
+      normalization: Input normalisation applied inside the model; must be the
+        one the initial weights were trained with (see `NORMALIZATIONS`).
+    """
+
+    num_classes: int = 21
+    depth: int = 101
+    base_width: int = 64
+    output_stride: int = 16
+    multi_grid: tuple[int, ...] = (1, 2, 4)
+    stem: str = "v0"
+    stride_in_1x1: bool = False
+    num_cascade_blocks: int = 0
+    use_aspp: bool = True
+    aspp_rates: tuple[int, int, int] | None = None
+    aspp_filters: int = 256
+    image_pooling: bool = True
+    dropout_rate: float = 0.1
+    bn_momentum: float = 0.9997
+    bn_epsilon: float = 1e-5
+    freeze_bn: bool = False
+    sync_bn: bool = False
+    normalization: str = "caffe"
+
+    def __post_init__(self):
+        # Lists arrive from JSON; store tuples so configs stay hashable.
+        object.__setattr__(self, "multi_grid", tuple(self.multi_grid))
+        if self.aspp_rates is not None:
+            object.__setattr__(self, "aspp_rates", tuple(self.aspp_rates))
+        if self.depth not in BLOCKS_PER_DEPTH:
+            raise ValueError(
+                f"depth={self.depth} is not supported; choose one of "
+                f"{sorted(BLOCKS_PER_DEPTH)}.")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride={self.output_stride} is not supported; choose "
+                f"one of {OUTPUT_STRIDES}.")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem={self.stem!r} is not one of {STEMS}.")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization={self.normalization!r} is not one of "
+                f"{NORMALIZATIONS}.")
+        last_units = BLOCKS_PER_DEPTH[self.depth][-1]
+        if len(self.multi_grid) != last_units or min(self.multi_grid) < 1:
+            raise ValueError(
+                f"multi_grid={self.multi_grid} must give one positive rate per "
+                f"unit of the last block, which has {last_units} unit(s) at "
+                f"depth {self.depth}.")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 1.")
+        if self.num_cascade_blocks < 0:
+            raise ValueError(
+                f"num_cascade_blocks={self.num_cascade_blocks} must be >= 0.")
+        if self.aspp_rates is not None and len(self.aspp_rates) != 3:
+            raise ValueError(
+                f"aspp_rates={self.aspp_rates} must hold three rates.")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(
+                f"dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Units per stage, conv2..conv5."""
+        return BLOCKS_PER_DEPTH[self.depth]
+
+    @property
+    def effective_aspp_rates(self) -> tuple[int, int, int]:
+        """The ASPP rates this graph uses at its output stride."""
+        if self.aspp_rates is not None:
+            return self.aspp_rates
+        scale = 16 / self.output_stride
+        return tuple(int(r * scale) for r in ASPP_RATES_AT_OS16)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; `from_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """Builds a config from `to_dict` output; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown ModelConfig fields: {unknown}.")
+        return cls(**values)
+
+
+def keras_applications_compatible(config: ModelConfig) -> ModelConfig:
+    """The variant of `config` that keras.applications ImageNet weights fit.
+
+    Those ResNets (ResNet50/101/152) use the 7x7 stem, put the stride on the
+    first 1x1 conv, were trained on caffe-style inputs and use BN epsilon
+    1.001e-5.
+    """
+    return dataclasses.replace(
+        config, stem="v0", stride_in_1x1=True, normalization="caffe",
+        bn_epsilon=1.001e-5, base_width=64)

@@ -1,0 +1,91 @@
+"""DeepLabv3: dilated ResNet + ASPP with image-level features (paper §3.3).
+
+Layer names (the checkpoint contract; backbone names in `backbone.py`):
+
+  backbone                          the nested ResNet model
+  aspp_0_{conv,bn,relu}             1x1 branch
+  aspp_{1,2,3}_{conv,bn,relu}       3x3 atrous branches (config.effective_aspp_rates)
+  aspp_pool_mean                    global mean over the feature map
+  aspp_pool_{conv,bn,relu}          1x1 conv of the image-level features
+  aspp_pool_resize                  back to the feature map size (float32)
+  aspp_concat
+  aspp_project_{conv,bn,relu}       1x1 projection of the concatenation
+  dropout
+  logits                            1x1 conv to num_classes, with bias (float32)
+  logits_resize                     bilinear upsampling to the input size (float32)
+
+`logits` is the only layer whose shape depends on num_classes: it is the layer
+to skip when initialising from a checkpoint with another number of classes.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from deeplabv3_tf.config import ModelConfig
+from deeplabv3_tf.model.backbone import BACKBONE_NAME, build_resnet, conv_bn
+from deeplabv3_tf.model.layers import ResizeLike
+
+LOGITS_LAYER = "logits"
+
+
+def aspp(features, config: ModelConfig, name: str = "aspp"):
+    """Atrous Spatial Pyramid Pooling with image-level features (paper §3.3).
+
+    Args:
+      features: float [B, h, w, C] backbone output.
+      config: Model config: filters, rates, image pooling, BN settings.
+      name: Layer-name prefix.
+
+    Returns:
+      float [B, h, w, config.aspp_filters], after the 1x1 projection.
+    """
+    filters = config.aspp_filters
+    branches = [conv_bn(features, filters, 1, config, f"{name}_0")]
+    for i, rate in enumerate(config.effective_aspp_rates, start=1):
+        branches.append(conv_bn(features, filters, 3, config, f"{name}_{i}",
+                                dilation_rate=rate))
+    if config.image_pooling:
+        pooled = keras.layers.GlobalAveragePooling2D(
+            keepdims=True, name=f"{name}_pool_mean")(features)
+        pooled = conv_bn(pooled, filters, 1, config, f"{name}_pool")
+        # Bilinear upsampling of a 1x1 map is a broadcast; it runs in float32.
+        pooled = ResizeLike(name=f"{name}_pool_resize")([pooled, features])
+        branches.append(pooled)
+    x = keras.layers.Concatenate(name=f"{name}_concat")(branches)
+    return conv_bn(x, filters, 1, config, f"{name}_project")
+
+
+def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
+                    name: str = "deeplabv3") -> keras.Model:
+    """Builds DeepLabv3 (or its cascade variant) as a functional Keras model.
+
+    Args:
+      config: Model config. Output stride, ASPP rates and multi-grid only
+        change the graph, not the variables: weights trained at one output
+        stride load into a model built at another.
+      input_shape: Shape of one image, [H, W, 3]; H and W may be None.
+      name: Model name.
+
+    Returns:
+      A `keras.Model` mapping float RGB images [B, H, W, 3] with values in
+      [0, 255] (any H, W) to float32 logits [B, H, W, num_classes].
+
+    Example:
+      >>> cfg = ModelConfig(depth=14, base_width=8, multi_grid=(1,),
+      ...                   aspp_filters=16)
+      >>> build_deeplabv3(cfg)(np.zeros((2, 97, 131, 3))).shape
+      TensorShape([2, 97, 131, 21])
+    """
+    backbone = build_resnet(config, input_shape, name=BACKBONE_NAME)
+    images = keras.Input(shape=input_shape, name="images")
+    endpoints = backbone(images)
+    features = endpoints[f"c{len(endpoints) + 1}"]
+    if config.use_aspp:
+        features = aspp(features, config)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout")(features)
+    # float32: the softmax/cross-entropy on these logits needs full precision.
+    logits = keras.layers.Conv2D(config.num_classes, 1, name=LOGITS_LAYER,
+                                 dtype="float32")(x)
+    logits = ResizeLike(name="logits_resize")([logits, images])
+    return keras.Model(images, logits, name=name)

@@ -1,0 +1,84 @@
+"""Small layers the DeepLabv3 graph needs beyond core Keras.
+
+Both are registered for `.keras` serialisation under the package name
+"deeplabv3_tf", so saved models reload with `keras.saving.load_model` once
+this module is imported.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from deeplabv3_tf.config import NORMALIZATIONS
+
+# ImageNet statistics in RGB order, pixels in [0, 255].
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+IMAGENET_STD_RGB = (58.393, 57.12, 57.375)
+
+
+@keras.saving.register_keras_serializable(package="deeplabv3_tf")
+class InputNormalization(keras.layers.Layer):
+    """Maps RGB pixels in [0, 255] to what the backbone weights expect.
+
+    Computed in float32 whatever the global policy: it is cheap and the mean
+    subtraction loses precision in float16 for no gain.
+
+    Args:
+      mode: One of `deeplabv3_tf.config.NORMALIZATIONS`:
+        "caffe" flips RGB to BGR and subtracts the BGR mean (keras.applications
+        ResNets); "imagenet" subtracts the RGB mean and divides by the std;
+        "inception" scales to [-1, 1].
+
+    Input: float [B, H, W, 3] RGB in [0, 255]. Output: float32 [B, H, W, 3].
+    """
+
+    def __init__(self, mode: str = "caffe", **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"mode={mode!r} is not one of {NORMALIZATIONS}.")
+        self.mode = mode
+
+    def call(self, images):
+        images = tf.cast(images, tf.float32)
+        if self.mode == "caffe":
+            return images[..., ::-1] - tf.constant(IMAGENET_MEAN_RGB[::-1])
+        if self.mode == "imagenet":
+            return ((images - tf.constant(IMAGENET_MEAN_RGB))
+                    / tf.constant(IMAGENET_STD_RGB))
+        return images / 127.5 - 1.0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="deeplabv3_tf")
+class ResizeLike(keras.layers.Layer):
+    """Bilinearly resizes `inputs[0]` to the spatial size of `inputs[1]`.
+
+    Always float32: under mixed precision the upsampled logits and the ASPP
+    pooling branch keep full precision (as TF Model Garden resizes in float32).
+    Uses `tf.image.resize` (half-pixel centres) because its size may be a
+    dynamic tensor inside `tf.function`, which `keras.ops.image.resize` does
+    not accept.
+
+    Inputs: [x float [B, h, w, C], reference [B, H, W, ...]].
+    Output: float32 [B, H, W, C].
+    """
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        x, reference = inputs
+        size = tf.shape(reference)[1:3]
+        return tf.image.resize(tf.cast(x, tf.float32), size, method="bilinear")
+
+    def compute_output_shape(self, input_shape):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
