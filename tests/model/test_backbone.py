@@ -39,7 +39,6 @@ def test_real_depth_c5_stride(depth, output_stride):
     assert len(conv_layers) == 1 + 3 * units + 4
 
 
-@pytest.mark.slow
 def test_real_depth_runs_at_output_stride_8():
     backbone = build_resnet(ModelConfig(depth=50, output_stride=8))
     c5 = backbone(np.zeros((1, 65, 67, 3), "float32"))["c5"]

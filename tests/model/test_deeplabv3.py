@@ -24,7 +24,6 @@ def test_logits_match_input_size(size, output_stride):
     assert np.all(np.isfinite(logits.numpy()))
 
 
-@pytest.mark.slow
 def test_full_size_input_513():
     model = build_deeplabv3(tiny_config(output_stride=8))
     assert model(_images(1, 513, 513)).shape == (1, 513, 513, 5)
