@@ -8,6 +8,8 @@ the classes from colour and shape alone.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from deeplabv3_tf.classes import IGNORE_LABEL, voc_palette
@@ -87,3 +89,89 @@ def draw_scene(rng: np.random.Generator, height: int, width: int,
         labels[mask] = cls
     image = np.clip(image, 0, 255).astype(np.uint8)
     return image, void_band(labels, void_width)
+
+
+def write_palette_png(path: str, labels: np.ndarray) -> None:
+    """Writes class ids as an 8-bit palette PNG with the VOC colour map."""
+    from PIL import Image
+
+    height, width = labels.shape
+    image = Image.frombytes("P", (width, height), labels.astype(np.uint8).tobytes())
+    image.putpalette(voc_palette().ravel().tolist())
+    image.save(path)
+
+
+def write_voc_dataset(root: str, num_train: int = 6, num_val: int = 4,
+                      num_sbd_only: int = 4, size_range: tuple[int, int] = (64, 96),
+                      seed: int = 0, with_sbd: bool = True, void_width: int = 2,
+                      max_objects: int = 3) -> dict:
+    """Writes a generated dataset in the PASCAL VOC 2012 (+ SBD) on-disk formats.
+
+      root/VOCdevkit/VOC2012/JPEGImages/<id>.jpg          RGB JPEG
+      root/VOCdevkit/VOC2012/SegmentationClass/<id>.png   palette PNG, 255 void bands
+      root/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+      root/benchmark_RELEASE/dataset/cls/<id>.mat         GTcls.Segmentation (no void)
+      root/benchmark_RELEASE/dataset/img/<id>.jpg, train.txt, val.txt
+
+    SBD covers some VOC train and some VOC val ids plus `num_sbd_only` ids of
+    its own (whose JPEGs also sit in JPEGImages, as in the real release).
+
+    Returns:
+      {"voc_dir", "sbd_dir", "train", "val", "sbd_train", "sbd_val", "train_aug"}:
+      paths and id lists (train_aug by the standard rule).
+    """
+    import scipy.io
+    import scipy.sparse
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    voc = os.path.join(root, "VOCdevkit", "VOC2012")
+    sbd = os.path.join(root, "benchmark_RELEASE", "dataset")
+    dirs = [os.path.join(voc, d) for d in ("JPEGImages", "SegmentationClass",
+                                           os.path.join("ImageSets", "Segmentation"))]
+    if with_sbd:
+        dirs += [os.path.join(sbd, "cls"), os.path.join(sbd, "img")]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+
+    train = [f"2099_{i:06d}" for i in range(num_train)]
+    val = [f"2099_{i:06d}" for i in range(num_train, num_train + num_val)]
+    sbd_only = [f"2099_{i:06d}" for i in range(num_train + num_val,
+                                               num_train + num_val + num_sbd_only)]
+    for example_id in train + val + (sbd_only if with_sbd else []):
+        height, width = (int(v) for v in rng.integers(*size_range, size=2, endpoint=True))
+        image, labels = draw_scene(rng, height, width, max_objects=max_objects)
+        Image.fromarray(image).save(os.path.join(voc, "JPEGImages", f"{example_id}.jpg"),
+                                    quality=90)
+        if example_id not in sbd_only:
+            write_palette_png(os.path.join(voc, "SegmentationClass", f"{example_id}.png"),
+                              void_band(labels, void_width))
+        if with_sbd:
+            Image.fromarray(image).save(os.path.join(sbd, "img", f"{example_id}.jpg"),
+                                        quality=90)
+            boundaries = np.empty((20, 1), dtype=object)
+            for c in range(20):
+                boundaries[c, 0] = scipy.sparse.csc_matrix(void_band(
+                    (labels == c + 1).astype(np.uint8), 1) == IGNORE_LABEL)
+            present = np.unique(labels[labels > 0]).astype(np.uint8).reshape(-1, 1)
+            scipy.io.savemat(os.path.join(sbd, "cls", f"{example_id}.mat"), {
+                "GTcls": {"Segmentation": labels.astype(np.uint8),
+                          "Boundaries": boundaries,
+                          "CategoriesPresent": present}})
+
+    lists = os.path.join(voc, "ImageSets", "Segmentation")
+    for name, ids in (("train", train), ("val", val), ("trainval", train + val)):
+        with open(os.path.join(lists, f"{name}.txt"), "w") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+    result = {"voc_dir": voc, "train": train, "val": val}
+    if with_sbd:
+        # SBD train: half of VOC train + SBD-only ids; SBD val: half of VOC val.
+        sbd_train = train[: len(train) // 2] + sbd_only
+        sbd_val = val[: len(val) // 2]
+        for name, ids in (("train", sbd_train), ("val", sbd_val)):
+            with open(os.path.join(sbd, f"{name}.txt"), "w") as f:
+                f.write("".join(f"{i}\n" for i in ids))
+        result.update(sbd_dir=sbd, sbd_train=sbd_train, sbd_val=sbd_val,
+                      train_aug=sorted((set(sbd_train) | set(sbd_val) | set(train))
+                                       - set(val)))
+    return result

@@ -1,0 +1,307 @@
+"""The one shard writer every builder writes through.
+
+`write_split` turns a list of tasks (one per example) into
+`<split>-%05d-of-%05d.tfrecord` shards plus `<split>.manifest.json`:
+
+- Examples are encoded by worker processes; results are consumed in task order,
+  so the bytes written do not depend on the number of workers.
+- Each shard is written under a temporary name and renamed when complete, so a
+  killed build never leaves a shard that looks complete. Completed shards are
+  recorded in `.<split>.progress.json`; rerunning the same build skips them
+  (after checking their checksum) and finishes the job. The manifest is
+  written last.
+- An example that cannot be written raises `InvalidExampleError` naming the
+  file, or, with `skip_invalid`, is skipped and listed in the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from deeplabv3_tf.data.images import InvalidExampleError
+from deeplabv3_tf.data.schema import MANIFEST_NAME, SHARD_PATTERN
+from deeplabv3_tf.progress import ProgressBar
+
+PROGRESS_NAME = ".{split}.progress.json"
+TEMP_SUFFIX = ".incomplete"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One example to encode.
+
+    Attributes:
+      example_id: Unique id within the split (file stem).
+      sources: Files the example is read from; they identify the task.
+      payload: Picklable builder-specific data for the encode function.
+    """
+
+    example_id: str
+    sources: tuple[str, ...]
+    payload: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A serialised tf.Example and its per-class statistics (pixels or images)."""
+
+    serialized: bytes
+    class_counts: np.ndarray
+
+
+class Filtered(Exception):
+    """Raised by an encode function for an example left out by design (not an error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """What a manifest says about a split besides its shards.
+
+    Attributes:
+      num_classes: Classes of the labels.
+      source: JSON-able description of where the data came from (format, paths,
+        options); it is part of the build fingerprint.
+      stats_name: Manifest key of the per-class counts ("class_pixel_counts"
+        or "class_image_counts").
+      ignore_label: Label value that marks void pixels, or None.
+      class_names: Optional class names, index = class id.
+      origin: Where the split's list came from, for error messages.
+    """
+
+    num_classes: int
+    source: dict
+    stats_name: str = "class_pixel_counts"
+    ignore_label: int | None = None
+    class_names: tuple[str, ...] | None = None
+    origin: str = ""
+
+
+def default_num_shards(count: int) -> int:
+    """About 1000 examples per shard, and at least 4 shards for parallel reads."""
+    return max(math.ceil(count / 1000), min(count, 4), 1)
+
+
+def _run(encode: Callable[[Task], Encoded], task: Task):
+    try:
+        return "ok", encode(task)
+    except Filtered as e:
+        return "filtered", str(e)
+    except InvalidExampleError as e:
+        return "error", str(e)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: str, value) -> None:
+    tmp = path + TEMP_SUFFIX
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _dedupe(tasks: Sequence[Task], spec: SplitSpec, split: str,
+            skip_invalid: bool) -> tuple[list[Task], list[dict]]:
+    seen, unique, skipped = set(), [], []
+    for task in tasks:
+        if task.example_id in seen:
+            message = (f"{spec.origin or split}: duplicate id {task.example_id!r} "
+                       f"in split {split!r}")
+            if not skip_invalid:
+                raise InvalidExampleError(message)
+            skipped.append({"id": task.example_id, "error": message})
+            continue
+        seen.add(task.example_id)
+        unique.append(task)
+    return unique, skipped
+
+
+def write_split(output_dir: str, split: str, tasks: Sequence[Task],
+                encode: Callable[[Task], Encoded], spec: SplitSpec, *,
+                num_shards: int | None = None, num_workers: int | None = None,
+                skip_invalid: bool = False, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict:
+    """Encodes `tasks` into sharded TFRecords and writes the split's manifest.
+
+    Args:
+      output_dir: Directory of the shards and manifest (created if needed).
+      split: Split name, the shards' prefix.
+      tasks: Examples in output order.
+      encode: Picklable function Task -> Encoded; raises InvalidExampleError
+        for bad input and Filtered for examples left out by design.
+      spec: Classes, source description and statistics name for the manifest.
+      num_shards: Number of shards; `default_num_shards(len(tasks))` if None.
+      num_workers: Worker processes; all cores if None; 1 runs in-process.
+      skip_invalid: Skip (and list) invalid examples instead of failing.
+      progress: Show a progress bar on stderr.
+      log: Where one-line messages go.
+
+    Returns:
+      The manifest dict (also written to `<split>.manifest.json`).
+
+    Raises:
+      InvalidExampleError: the first invalid example, unless skip_invalid.
+      ValueError: the split is empty, or no example was valid.
+    """
+    if not tasks:
+        raise ValueError(f"Split {split!r} is empty ({spec.origin or 'no examples'}).")
+    os.makedirs(output_dir, exist_ok=True)
+    tasks, skipped = _dedupe(tasks, spec, split, skip_invalid)
+    num_shards = num_shards or default_num_shards(len(tasks))
+    num_workers = num_workers or os.cpu_count() or 1
+    fingerprint = hashlib.sha256(json.dumps(
+        [split, num_shards, spec.num_classes, spec.source, skip_invalid,
+         [(t.example_id, t.sources) for t in tasks]]).encode()).hexdigest()
+
+    progress_path = os.path.join(output_dir, PROGRESS_NAME.format(split=split))
+    manifest_path = os.path.join(output_dir, MANIFEST_NAME.format(split=split))
+    done = _resume_state(output_dir, split, progress_path, fingerprint)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)  # It would describe other shards.
+
+    bounds = [len(tasks) * i // num_shards for i in range(num_shards + 1)]
+    pending = [i for i in range(num_shards) if str(i) not in done["shards"]]
+    if len(pending) < num_shards:
+        log(f"[{split}] resuming: {num_shards - len(pending)} of {num_shards} "
+            "shards already complete")
+    work = [tasks[j] for i in pending for j in range(bounds[i], bounds[i + 1])]
+
+    bar = ProgressBar(len(tasks), desc=f"[{split}]", unit="img",
+                      initial=len(tasks) - len(work), enabled=progress)
+    run = functools.partial(_run, encode)
+    if num_workers > 1 and len(work) > 1:
+        context = multiprocessing.get_context(
+            "fork" if sys.platform.startswith("linux") else "spawn")
+        pool = context.Pool(min(num_workers, len(work)))
+        results = pool.imap(run, work, chunksize=max(1, min(16, len(work) // (4 * num_workers))))
+    else:
+        pool = None
+        results = map(run, work)
+    try:
+        for shard in pending:
+            done["shards"][str(shard)] = _write_shard(
+                output_dir, split, shard, num_shards,
+                tasks[bounds[shard]:bounds[shard + 1]], results, spec,
+                skip_invalid, bar)
+            _write_json(progress_path, done)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    manifest = _manifest(split, done, num_shards, spec, skipped)
+    if manifest["count"] == 0:
+        raise ValueError(
+            f"Split {split!r}: none of {len(tasks)} examples could be written "
+            f"(first error: {manifest['skipped'][0]['error'] if manifest['skipped'] else 'all filtered'}).")
+    _write_json(manifest_path, manifest)
+    os.remove(progress_path)
+    log(f"[{split}] wrote {manifest['count']} examples in {num_shards} shards to "
+        f"{output_dir} ({manifest['num_skipped']} skipped, "
+        f"{manifest['num_filtered']} filtered)")
+    return manifest
+
+
+def _resume_state(output_dir: str, split: str, progress_path: str,
+                  fingerprint: str) -> dict:
+    """Completed shards of an interrupted identical build; clears anything else."""
+    state = None
+    if os.path.exists(progress_path):
+        with open(progress_path) as f:
+            state = json.load(f)
+        if state.get("fingerprint") != fingerprint:
+            state = None
+    if state is not None:
+        # Keep only shards whose bytes are still what was written.
+        state["shards"] = {
+            k: v for k, v in state["shards"].items()
+            if os.path.exists(os.path.join(output_dir, v["file"]))
+            and _sha256(os.path.join(output_dir, v["file"])) == v["sha256"]}
+    keep = {v["file"] for v in state["shards"].values()} if state else set()
+    for path in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord*")):
+        if os.path.basename(path) not in keep:
+            os.remove(path)
+    return state or {"fingerprint": fingerprint, "shards": {}}
+
+
+def _write_shard(output_dir, split, shard, num_shards, tasks, results, spec,
+                 skip_invalid, bar) -> dict:
+    name = SHARD_PATTERN.format(split=split, index=shard, count=num_shards)
+    final = os.path.join(output_dir, name)
+    tmp = final + TEMP_SUFFIX
+    counts = np.zeros(spec.num_classes, np.int64)
+    written, skipped, filtered = 0, [], 0
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for task in tasks:
+                status, value = next(results)
+                if status == "ok":
+                    writer.write(value.serialized)
+                    counts += value.class_counts
+                    written += 1
+                elif status == "filtered":
+                    filtered += 1
+                elif skip_invalid:
+                    skipped.append({"id": task.example_id, "error": value})
+                else:
+                    raise InvalidExampleError(value)
+                bar.update(1)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, final)
+    return {"file": name, "count": written, "sha256": _sha256(final),
+            "class_counts": counts.tolist(), "skipped": skipped,
+            "filtered": filtered}
+
+
+def _manifest(split, done, num_shards, spec: SplitSpec, skipped) -> dict:
+    shards = [done["shards"][str(i)] for i in range(num_shards)]
+    counts = np.sum([s["class_counts"] for s in shards], axis=0).astype(np.int64)
+    skipped = skipped + [s for shard in shards for s in shard["skipped"]]
+    return {
+        "split": split,
+        "count": sum(s["count"] for s in shards),
+        "num_classes": spec.num_classes,
+        "ignore_label": spec.ignore_label,
+        "class_names": list(spec.class_names) if spec.class_names else None,
+        spec.stats_name: counts.tolist(),
+        "source": spec.source,
+        "num_shards": num_shards,
+        "shards": [{"file": s["file"], "count": s["count"], "sha256": s["sha256"]}
+                   for s in shards],
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "num_filtered": sum(s["filtered"] for s in shards),
+    }
+
+
+def read_manifest(directory: str, split: str) -> dict:
+    """Reads `<split>.manifest.json` from `directory`, naming it if absent."""
+    path = os.path.join(directory, MANIFEST_NAME.format(split=split))
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No manifest for split {split!r}: {path} does not exist (was the "
+            "build finished?)")
+    with open(path) as f:
+        return json.load(f)
