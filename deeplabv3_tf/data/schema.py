@@ -48,6 +48,11 @@ def shard_glob(directory: str, split: str) -> str:
     return f"{directory.rstrip('/')}/{split}-*-of-*.tfrecord"
 
 
+# Examples are serialised with deterministic=True: the feature map's order is
+# otherwise free to differ between processes, and shards must be identical
+# whatever process (or number of workers) wrote them.
+
+
 def _bytes(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
@@ -72,7 +77,7 @@ def segmentation_example(image: bytes, image_format: str, height: int, width: in
         IMAGE_CHANNELS: _ints([3]),
         LABEL_ENCODED: _bytes([label_png]),
         LABEL_FORMAT: _bytes([b"png"]),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)
 
 
 def classification_example(image: bytes, image_format: str, example_id: str,
@@ -90,7 +95,7 @@ def classification_example(image: bytes, image_format: str, example_id: str,
     if texts is not None:
         feature[CLASS_TEXT] = _bytes([t.encode("utf8") for t in texts])
     return tf.train.Example(
-        features=tf.train.Features(feature=feature)).SerializeToString()
+        features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 SEGMENTATION_FEATURES = {
