@@ -18,38 +18,96 @@ from deeplabv3_tf.model.layers import IMAGENET_MEAN_RGB
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _list_files(file_pattern, shuffle: bool, seed: int | None) -> tuple[tf.data.Dataset, int]:
+def list_files(file_pattern) -> list[str]:
+    """Sorted files matching a glob or list of globs; an error names the pattern."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
     files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {file_pattern!r}.")
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    return dataset, len(files)
+    return files
 
 
-def _read_records(file_pattern, shuffle: bool, seed: int | None,
-                  deterministic: bool) -> tf.data.Dataset:
-    files, count = _list_files(file_pattern, shuffle, seed)
-    return files.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(count, 16), block_length=1,
-        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+def _read_records(file_pattern) -> tf.data.Dataset:
+    """Every record once, in file order."""
+    return tf.data.TFRecordDataset(list_files(file_pattern))
+
+
+def _epoch(files: list[str], seed: int, epoch, shuffle_buffer: int,
+           repeat_record=None) -> tf.data.Dataset:
+    """One epoch of serialised records in the order fixed by (seed, epoch)."""
+    epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
+    dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
+        len(files), seed=epoch_seed, reshuffle_each_iteration=False)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    if repeat_record is not None:
+        dataset = dataset.flat_map(lambda record: tf.data.Dataset.from_tensors(
+            record).repeat(repeat_record(record)))
+    return dataset.shuffle(shuffle_buffer, seed=epoch_seed + 1, reshuffle_each_iteration=False)
+
+
+def training_stream(file_pattern, *, seed: int = 0, shuffle_buffer: int = 1024,
+                    start_index: int = 0, repeat_record=None) -> tf.data.Dataset:
+    """An endless, reproducible stream of (position, serialised record).
+
+    Epoch e visits every record once (or `repeat_record(record)` times) in an
+    order fixed by (seed, e): files shuffled, interleaved in a fixed order,
+    then examples shuffled. Because of that, the stream from any position is
+    cheap to recreate: a resumed run skips at most one epoch of undecoded
+    records instead of replaying its history.
+
+    Args:
+      file_pattern: Glob (or list of globs) of shards.
+      seed: Stream seed.
+      shuffle_buffer: Example shuffle buffer.
+      start_index: Position of the first element (e.g. step * global batch).
+      repeat_record: Optional function serialised record -> int64 count of
+        copies of that record per epoch.
+
+    Returns:
+      Dataset of (int64 position, string record), positions from start_index.
+    """
+    files = list_files(file_pattern)
+    first_epoch, offset = 0, 0
+    if start_index:
+        epoch_size = int(_epoch(files, seed, 0, 1, repeat_record).reduce(
+            tf.constant(0, tf.int64), lambda n, _: n + 1))
+        if epoch_size == 0:
+            raise ValueError(f"No records in {file_pattern!r}.")
+        first_epoch, offset = divmod(start_index, epoch_size)
+    records = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(
+        lambda epoch: _epoch(files, seed, epoch, shuffle_buffer, repeat_record))
+    return tf.data.Dataset.zip(
+        tf.data.Dataset.range(start_index, tf.int64.max), records.skip(offset))
+
+
+def repeat_hard_classes(class_ids, times: int):
+    """A `repeat_record` function: `times` copies of records whose label holds any
+    of `class_ids`, one copy of the others (paper §4.1, test-server stage)."""
+    class_ids = tf.constant(list(class_ids), tf.int32)
+
+    def count(record):
+        label = schema.decode_segmentation(record)["label"]
+        present = tf.reduce_any(tf.equal(label[..., None], class_ids))
+        return tf.where(present, tf.constant(times, tf.int64), tf.constant(1, tf.int64))
+
+    return count
 
 
 def make_dataset(file_pattern, *, training: bool, batch_size: int = 1,
                  crop_size: tuple[int, int] = (513, 513), min_scale: float = 0.5,
                  max_scale: float = 2.0, flip: bool = True,
                  ignore_label: int = IGNORE_LABEL, seed: int = 0,
-                 deterministic: bool = False, shuffle_buffer: int = 1024,
-                 repeat: bool | None = None, drop_remainder: bool | None = None
-                 ) -> tf.data.Dataset:
+                 deterministic: bool = True, shuffle_buffer: int = 1024,
+                 start_index: int = 0, hard_class_ids=(), hard_class_repeat: int = 1,
+                 drop_remainder: bool | None = None) -> tf.data.Dataset:
     """A segmentation dataset.
 
     Args:
       file_pattern: Glob (or list of globs) of TFRecord shards.
-      training: Augment, shuffle and repeat (paper §4.1) if True; whole images
-        in file order if False.
+      training: An endless augmented stream (paper §4.1) if True; whole images
+        in file order, once, if False.
       batch_size: Examples per batch. Evaluation batches larger than 1 pad
         images with the mean pixel and labels with the ignore label to the
         largest size in the batch.
@@ -57,11 +115,13 @@ def make_dataset(file_pattern, *, training: bool, batch_size: int = 1,
       min_scale, max_scale: Range of the random scale.
       flip: Random left-right flip in training.
       ignore_label: Label of void and padded pixels.
-      seed: Seed of file and example shuffling and of augmentation.
-      deterministic: Same elements in the same order on every run (slower:
-        parallel reads keep their order).
+      seed: Seed of the order and of the augmentation.
+      deterministic: Keep the order of parallel work (the same batches on every
+        run; needed for exact resumption). False trades that for throughput.
       shuffle_buffer: Example shuffle buffer in training.
-      repeat: Repeat forever; defaults to `training`.
+      start_index: Training stream position to start from (resumption).
+      hard_class_ids, hard_class_repeat: Repeat training images holding any of
+        these classes this many times per epoch.
       drop_remainder: Drop a last partial batch; defaults to `training`.
 
     Returns:
@@ -70,22 +130,21 @@ def make_dataset(file_pattern, *, training: bool, batch_size: int = 1,
       Evaluation: {"image": float32 [B, H, W, 3], "label": int32 [B, H, W],
                    "height": int32 [B], "width": int32 [B], "filename": string [B]}.
     """
-    repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
-    dataset = _read_records(file_pattern, shuffle=training, seed=seed,
-                            deterministic=deterministic or not training)
     if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    # The example's position in the stream keys its augmentation seed.
-    dataset = dataset.enumerate()
+        repeat_record = (repeat_hard_classes(hard_class_ids, hard_class_repeat)
+                         if hard_class_ids and hard_class_repeat > 1 else None)
+        dataset = training_stream(file_pattern, seed=seed, shuffle_buffer=shuffle_buffer,
+                                  start_index=start_index, repeat_record=repeat_record)
+    else:
+        dataset = _read_records(file_pattern).enumerate()
 
     def parse(index, serialized):
         example = schema.decode_segmentation(serialized)
         image = tf.cast(example["image"], tf.float32)
         label = example["label"]
         if training:
+            # The example's stream position keys its augmentation.
             image, label = augment_for_training(
                 image, label, tf.stack([tf.cast(seed, tf.int64), index]), crop_size,
                 min_scale, max_scale, flip, ignore_label)
@@ -122,8 +181,8 @@ def _fill_padding_with_mean(batch):
 def make_classification_dataset(file_pattern, *, num_classes: int, training: bool,
                                 batch_size: int = 32, image_size: int = 224,
                                 use_confidence: bool = False, seed: int = 0,
-                                deterministic: bool = False, shuffle_buffer: int = 4096,
-                                repeat: bool | None = None) -> tf.data.Dataset:
+                                deterministic: bool = True, shuffle_buffer: int = 4096,
+                                start_index: int = 0) -> tf.data.Dataset:
     """A multi-label classification dataset.
 
     Training takes a random crop covering 8-100% of the image (aspect 3/4 to
@@ -133,26 +192,23 @@ def make_classification_dataset(file_pattern, *, num_classes: int, training: boo
     Args:
       file_pattern: Glob (or list of globs) of classification shards.
       num_classes: Length of the target vector.
-      training: Augment, shuffle and repeat if True.
+      training: An endless augmented stream if True; each image once if False.
       batch_size: Examples per batch.
       image_size: Side of the square output image.
       use_confidence: Targets are the recorded confidences instead of 1.
       seed: Seed of shuffling and augmentation.
-      deterministic: Reproducible order.
+      deterministic: Reproducible order (needed for exact resumption).
       shuffle_buffer: Example shuffle buffer in training.
-      repeat: Repeat forever; defaults to `training`.
+      start_index: Training stream position to start from (resumption).
 
     Returns:
       {"image": float32 [B, S, S, 3] in [0, 255], "target": float32 [B, num_classes]}.
     """
-    repeat = training if repeat is None else repeat
-    dataset = _read_records(file_pattern, shuffle=training, seed=seed,
-                            deterministic=deterministic or not training)
     if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = dataset.enumerate()
+        dataset = training_stream(file_pattern, seed=seed, shuffle_buffer=shuffle_buffer,
+                                  start_index=start_index)
+    else:
+        dataset = _read_records(file_pattern).enumerate()
 
     def parse(index, serialized):
         parsed = tf.io.parse_single_example(serialized, schema.CLASSIFICATION_FEATURES)

@@ -128,3 +128,34 @@ def test_evaluation_keeps_whole_images(records):
 def test_missing_records_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         make_dataset(str(tmp_path / "nothing-here-*"), training=True)
+
+
+def test_stream_restarts_at_any_position(records):
+    from deeplabv3_tf.data.pipeline import training_stream
+
+    pattern, _ = records
+    full = [(int(i), r.numpy()) for i, r in training_stream(pattern, seed=5, shuffle_buffer=4).take(21)]
+    assert [i for i, _ in full] == list(range(21))
+    # Each epoch (8 records) visits every record once, in an order that changes.
+    assert sorted(r for _, r in full[:8]) == sorted(r for _, r in full[8:16])
+    assert [r for _, r in full[:8]] != [r for _, r in full[8:16]]
+    for start in (3, 8, 13):
+        resumed = [(int(i), r.numpy()) for i, r in
+                   training_stream(pattern, seed=5, shuffle_buffer=4, start_index=start).take(21 - start)]
+        assert resumed == full[start:]
+
+
+def test_hard_class_images_repeat(records):
+    from deeplabv3_tf.data.pipeline import repeat_hard_classes, training_stream
+
+    pattern, _ = records
+    plain = training_stream(pattern, seed=0, shuffle_buffer=1).take(8)
+    # Class 4 is in every image of the fixture, class 9 in none.
+    doubled = training_stream(pattern, seed=0, shuffle_buffer=1,
+                              repeat_record=repeat_hard_classes([4], 2)).take(16)
+    none = training_stream(pattern, seed=0, shuffle_buffer=1,
+                           repeat_record=repeat_hard_classes([9], 2)).take(8)
+    plain_records = sorted(r.numpy() for _, r in plain)
+    doubled_records = sorted(r.numpy() for _, r in doubled)
+    assert doubled_records == sorted(plain_records * 2)
+    assert sorted(r.numpy() for _, r in none) == plain_records

@@ -1,0 +1,379 @@
+"""Experiments: frozen configs and the named recipes of the paper.
+
+A recipe is a function returning an `ExperimentConfig`; variants are
+`dataclasses.replace` of another recipe, never copies. `RECIPES` maps names
+(the `--experiment` flag) to those functions. `override` applies
+`section.field=value` strings (the `--set` flag) to any config.
+
+Paper figures (Chen et al. 2017) are kept beside the recipes that produce them
+in `paper_results`, so evaluation can print them next to what a run reached.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+from deeplabv3_tf.classes import CITYSCAPES_CLASSES, IGNORE_LABEL, VOC_CLASSES
+from deeplabv3_tf.config import ModelConfig, keras_applications_compatible
+
+EXPERIMENT_FILE = "experiment.json"
+VOC_HARD_CLASSES = ("bicycle", "chair", "diningtable", "pottedplant", "sofa")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
+TASKS = ("segmentation", "classification")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the records are and how examples are prepared.
+
+    Attributes:
+      train_records: Glob of training shards.
+      val_records: Glob of validation shards ("" for none).
+      class_names: Names of the classes, index = class id.
+      crop_size: Training crop (height, width).
+      min_scale, max_scale: Random scale range.
+      flip: Random left-right flip.
+      ignore_label: Label skipped by loss and metrics.
+      shuffle_buffer: Example shuffle buffer.
+      hard_class_ids: Classes whose training images are repeated
+        `hard_class_repeat` times (paper §4.1, test-server stage).
+      hard_class_repeat: Times a hard-class image appears per epoch.
+      image_size: Classification input side.
+      use_confidence: Classification targets are confidences, not 1s.
+    """
+
+    train_records: str = ""
+    val_records: str = ""
+    class_names: tuple[str, ...] = VOC_CLASSES
+    crop_size: tuple[int, int] = (513, 513)
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    flip: bool = True
+    ignore_label: int = IGNORE_LABEL
+    shuffle_buffer: int = 1024
+    hard_class_ids: tuple[int, ...] = ()
+    hard_class_repeat: int = 1
+    image_size: int = 224
+    use_confidence: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, distribution and bookkeeping.
+
+    Attributes:
+      steps: Training steps.
+      batch_size: Global batch, split across replicas.
+      learning_rate: Base rate of the poly schedule.
+      lr_power: Poly power: lr = base * (1 - step / steps) ** power.
+      warmup_steps: Linear warm-up steps (0 in the paper).
+      momentum: SGD momentum.
+      weight_decay: L2 factor on conv and dense kernels (loss += wd/2 * |w|^2).
+      class_weights: Optional per-class loss weights.
+      init: ImageNet `.h5` file, a run directory or checkpoint prefix ("" for
+        random initialisation).
+      precision: float32 | mixed_float16 | mixed_bfloat16.
+      jit_compile: XLA-compile the per-replica forward and backward pass.
+      strategy: auto | mirrored | multi_worker | one_device | tpu.
+      sync_bn: Synchronise BatchNorm across replicas; None = when > 1 replica.
+      seed: Seed of initialisation, shuffling and augmentation.
+      checkpoint_every: Steps between checkpoints.
+      keep_checkpoints: Checkpoints kept.
+      log_every: Steps between TensorBoard scalars.
+      image_summary_every: Steps between image summaries (0: never).
+      eval_every: Steps between evaluations on val records (0: only at the end).
+    """
+
+    steps: int = 30000
+    batch_size: int = 16
+    learning_rate: float = 0.007
+    lr_power: float = 0.9
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    class_weights: tuple[float, ...] | None = None
+    init: str = ""
+    precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "auto"
+    sync_bn: bool | None = None
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 5
+    log_every: int = 50
+    image_summary_every: int = 1000
+    eval_every: int = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation protocol reported for an experiment.
+
+    Attributes:
+      output_strides: Output strides to evaluate at (None = the training one).
+      scales: Scales of multi-scale inference.
+      multiscale_output_stride: Output stride of the multi-scale + flip run
+        (0: no multi-scale run).
+    """
+
+    output_strides: tuple[int, ...] = (16,)
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    multiscale_output_stride: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment; saved as experiment.json next to its checkpoints."""
+
+    name: str
+    task: str = "segmentation"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    paper_results: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {TASKS}.")
+        if self.train.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.train.precision!r} is not one of {PRECISIONS}.")
+        if self.train.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.train.strategy!r} is not one of {STRATEGIES}.")
+        if self.task == "segmentation" and len(self.data.class_names) != self.model.num_classes:
+            raise ValueError(
+                f"{len(self.data.class_names)} class names for "
+                f"{self.model.num_classes} classes.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+        values = dict(values)
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+                    "eval": EvalConfig}
+        for key, section in sections.items():
+            if key in values:
+                values[key] = _from_dict(section, values[key])
+        return cls(**values)
+
+
+def _from_dict(cls, values: dict):
+    if cls is ModelConfig:
+        return ModelConfig.from_dict(values)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} fields: {unknown}.")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)
+
+
+def save_experiment(experiment: ExperimentConfig, directory: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, EXPERIMENT_FILE)
+    with open(path, "w") as f:
+        json.dump(experiment.to_dict(), f, indent=2)
+    return path
+
+
+def load_experiment(directory: str) -> ExperimentConfig:
+    """Reads experiment.json from a run directory (or a checkpoint's directory)."""
+    if not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    path = os.path.join(directory, EXPERIMENT_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No {EXPERIMENT_FILE} in {directory}: is it a training run?")
+    with open(path) as f:
+        return ExperimentConfig.from_dict(json.load(f))
+
+
+def override(experiment: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
+    """Applies `section.field=value` assignments, e.g. `train.steps=100`.
+
+    Values are Python literals (`(321, 321)`, `True`, `0.01`) or plain strings.
+
+    Raises:
+      ValueError: an unknown section or field, naming it.
+    """
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep:
+            raise ValueError(f"Override {assignment!r} is not section.field=value.")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        path = key.strip().split(".")
+        if len(path) == 1:
+            names = [f.name for f in dataclasses.fields(experiment)]
+            if path[0] not in names:
+                raise ValueError(f"Unknown experiment field {path[0]!r} in {assignment!r}.")
+            experiment = dataclasses.replace(experiment, **{path[0]: value})
+            continue
+        section_name, field = path
+        section = getattr(experiment, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            raise ValueError(f"Unknown section {section_name!r} in {assignment!r}.")
+        if field not in {f.name for f in dataclasses.fields(section)}:
+            raise ValueError(f"Unknown field {field!r} of {section_name} in {assignment!r}.")
+        experiment = dataclasses.replace(
+            experiment, **{section_name: dataclasses.replace(section, **{field: value})})
+    return experiment
+
+
+# ----------------------------------------------------------------------------
+# Recipes.
+
+def _r101_imagenet(**overrides) -> ModelConfig:
+    """ResNet-101 that keras.applications ImageNet weights fit, paper head."""
+    return keras_applications_compatible(ModelConfig(
+        num_classes=21, depth=101, output_stride=16, multi_grid=(1, 2, 4),
+        bn_momentum=0.9997, dropout_rate=0.1, **overrides))
+
+
+def voc_r101_os16() -> ExperimentConfig:
+    """Paper §4.1 main run: train_aug, crop 513, batch 16, poly 0.007, 30K steps, OS16."""
+    return ExperimentConfig(
+        name="voc_r101_os16",
+        model=_r101_imagenet(),
+        data=DataConfig(train_records="records/voc/train_aug-*",
+                        val_records="records/voc/val-*"),
+        train=TrainConfig(init="resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8),
+        paper_results={"val_miou_os16": 77.21, "val_miou_os8": 78.51,
+                       "val_miou_os8_ms_flip": 79.77})
+
+
+def voc_r101_os8_trainval() -> ExperimentConfig:
+    """Paper §4.1 test-server stage: from voc_r101_os16, frozen BN, OS8, lr 0.001, trainval.
+
+    trainval contains val, so no val figure is reported; the hard classes
+    (bicycle, chair, dining table, potted plant, sofa) can be repeated with
+    `data.hard_class_repeat`.
+    """
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_os8_trainval",
+        model=dataclasses.replace(base.model, output_stride=8, freeze_bn=True),
+        data=dataclasses.replace(
+            base.data, train_records="records/voc/trainval-*", val_records="",
+            hard_class_ids=tuple(VOC_CLASSES.index(c) for c in VOC_HARD_CLASSES),
+            hard_class_repeat=2),
+        train=dataclasses.replace(base.train, learning_rate=0.001, init="runs/voc_r101_os16"),
+        eval=EvalConfig(output_strides=(), multiscale_output_stride=0),
+        paper_results={"test_miou_ms_flip": 85.7})
+
+
+def coco_r101_os16() -> ExperimentConfig:
+    """COCO images on the 20 VOC classes (paper §4.1, 'Pretrained on COCO')."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="coco_r101_os16",
+        data=dataclasses.replace(base.data, train_records="records/coco/train-*",
+                                 val_records="records/coco/val-*"),
+        eval=EvalConfig(output_strides=(16,)), paper_results={})
+
+
+def voc_r101_os16_from_coco() -> ExperimentConfig:
+    """Fine-tunes the COCO-pretrained model on VOC train_aug at lr 0.0001."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_os16_from_coco",
+        train=dataclasses.replace(base.train, learning_rate=0.0001, init="runs/coco_r101_os16"),
+        paper_results={"val_miou_os8_ms_flip": 82.70})
+
+
+def cityscapes_r101_os16() -> ExperimentConfig:
+    """Cityscapes fine annotations: crop 769, 90K steps (paper §4.2)."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="cityscapes_r101_os16",
+        model=dataclasses.replace(base.model, num_classes=len(CITYSCAPES_CLASSES)),
+        data=dataclasses.replace(base.data, train_records="records/cityscapes/train-*",
+                                 val_records="records/cityscapes/val-*",
+                                 class_names=CITYSCAPES_CLASSES, crop_size=(769, 769)),
+        train=dataclasses.replace(base.train, steps=90000, batch_size=8),
+        eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8),
+        paper_results={"val_miou_os8_ms_flip": 79.3})
+
+
+def jft_r101_pretrain() -> ExperimentConfig:
+    """JFT-style multi-label pretraining of the ResNet-101 backbone (DeepLabv3-JFT).
+
+    Sigmoid cross-entropy over multi-hot targets; the classifier bias starts
+    at log(1 / (C - 1)) so that each class starts at probability ~1/C. Its
+    backbone then initialises segmentation (`train.init` = this run's directory).
+    """
+    return ExperimentConfig(
+        name="jft_r101_pretrain", task="classification",
+        model=dataclasses.replace(_r101_imagenet(), num_classes=18291, output_stride=32,
+                                  multi_grid=(1, 1, 1)),
+        data=DataConfig(train_records="records/jft/train-*", val_records="",
+                        class_names=(), image_size=224),
+        train=TrainConfig(steps=500000, batch_size=256, learning_rate=0.1, lr_power=1.0,
+                          warmup_steps=5000, init=""),
+        eval=EvalConfig(output_strides=()))
+
+
+def tiny_model(num_classes: int = 21, **overrides) -> ModelConfig:
+    """One bottleneck per stage, 8 base channels: trains in seconds on a CPU."""
+    values = dict(num_classes=num_classes, depth=14, base_width=8, multi_grid=(1,),
+                  aspp_filters=32, output_stride=16, bn_momentum=0.9, dropout_rate=0.1,
+                  normalization="imagenet")
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_voc() -> ExperimentConfig:
+    """A small recipe of the same code: shallow dilated ResNet on generated VOC data."""
+    return ExperimentConfig(
+        name="tiny_voc",
+        model=tiny_model(),
+        data=DataConfig(train_records="runs/demo/records/train-*",
+                        val_records="runs/demo/records/val-*", crop_size=(97, 97),
+                        min_scale=0.75, max_scale=1.25, shuffle_buffer=256),
+        train=TrainConfig(steps=300, batch_size=8, learning_rate=0.05, weight_decay=1e-4,
+                          checkpoint_every=100, log_every=10, image_summary_every=100,
+                          eval_every=0),
+        eval=EvalConfig(output_strides=(16, 8), scales=(0.75, 1.0, 1.25),
+                        multiscale_output_stride=16))
+
+
+def tiny_jft() -> ExperimentConfig:
+    """A tiny multi-label pretraining run on generated classification records."""
+    return ExperimentConfig(
+        name="tiny_jft", task="classification",
+        model=tiny_model(num_classes=21, output_stride=32),
+        data=DataConfig(train_records="runs/demo/jft/train-*", class_names=(),
+                        image_size=64, shuffle_buffer=256),
+        train=TrainConfig(steps=50, batch_size=8, learning_rate=0.05, lr_power=1.0,
+                          checkpoint_every=25, log_every=10, image_summary_every=0,
+                          eval_every=0),
+        eval=EvalConfig(output_strides=()))
+
+
+RECIPES: dict[str, Callable[[], ExperimentConfig]] = {
+    "voc_r101_os16": voc_r101_os16,
+    "voc_r101_os8_trainval": voc_r101_os8_trainval,
+    "coco_r101_os16": coco_r101_os16,
+    "voc_r101_os16_from_coco": voc_r101_os16_from_coco,
+    "cityscapes_r101_os16": cityscapes_r101_os16,
+    "jft_r101_pretrain": jft_r101_pretrain,
+    "tiny_voc": tiny_voc,
+    "tiny_jft": tiny_jft,
+}
+
+
+def get_recipe(name: str) -> ExperimentConfig:
+    if name not in RECIPES:
+        raise ValueError(f"Unknown experiment {name!r}; choose one of {sorted(RECIPES)}.")
+    return RECIPES[name]()

@@ -1,0 +1,114 @@
+"""Initialising a model from another run's checkpoint, layer by layer.
+
+Sources: a DeepLabv3 run (any number of classes: the `logits` layer is skipped
+when its shape differs, with a message), or a classification run (its
+`backbone` initialises the target's backbone). The source is rebuilt from the
+experiment.json saved beside its checkpoints and restored with
+`tf.train.Checkpoint`, then weights are copied by layer name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from deeplabv3_tf.model.backbone import BACKBONE_NAME
+from deeplabv3_tf.model.deeplabv3 import LOGITS_LAYER
+
+
+def _flat_layers(model: keras.Model, prefix: str = "") -> dict[str, keras.layers.Layer]:
+    layers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            layers.update(_flat_layers(layer, f"{prefix}{layer.name}/"))
+        elif layer.weights:
+            layers[f"{prefix}{layer.name}"] = layer
+    return layers
+
+
+def transfer_weights(source: keras.Model, target: keras.Model,
+                     skip_mismatched: tuple[str, ...] = (LOGITS_LAYER,),
+                     log: Callable[[str], None] = print) -> int:
+    """Copies weights of layers with the same name and shapes.
+
+    Args:
+      source, target: Models whose (nested) layers share names.
+      skip_mismatched: Layers that may differ in shape (skipped with a message).
+      log: Where messages go.
+
+    Returns:
+      Number of layers copied.
+
+    Raises:
+      ValueError: a shape mismatch in a layer not in `skip_mismatched`.
+    """
+    source_layers = _flat_layers(source)
+    copied = 0
+    for name, layer in _flat_layers(target).items():
+        other = source_layers.get(name)
+        if other is None:
+            continue
+        shapes = [tuple(w.shape) for w in layer.weights]
+        other_shapes = [tuple(w.shape) for w in other.weights]
+        if shapes != other_shapes:
+            if name.split("/")[-1] in skip_mismatched:
+                log(f"init: skipping layer {name!r}: checkpoint shapes {other_shapes}, "
+                    f"model shapes {shapes} (different number of classes)")
+                continue
+            raise ValueError(f"Layer {name!r}: checkpoint shapes {other_shapes} do not fit "
+                             f"the model's {shapes}.")
+        layer.set_weights(other.get_weights())
+        copied += 1
+    return copied
+
+
+def latest_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a run directory or a prefix."""
+    if os.path.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise FileNotFoundError(f"No checkpoint in {path}.")
+        return prefix
+    if not tf.io.gfile.glob(path + ".index"):
+        raise FileNotFoundError(f"No checkpoint at {path} (expected {path}.index).")
+    return path
+
+
+def restore_model(model: keras.Model, prefix: str) -> None:
+    """Restores a model's variables from a training checkpoint (optimizer state ignored)."""
+    status = tf.train.Checkpoint(model=model).restore(prefix)
+    # Every model variable must come from the checkpoint; the optimizer may be left.
+    status.assert_existing_objects_matched().expect_partial()
+
+
+def initialize_from_run(target: keras.Model, path: str,
+                        log: Callable[[str], None] = print) -> int:
+    """Initialises `target` from the latest checkpoint of a DeepLab or classification run.
+
+    Returns:
+      Number of layers copied.
+    """
+    # Imported here: experiments imports the model package.
+    from deeplabv3_tf.experiments import load_experiment
+    from deeplabv3_tf.model import build_deeplabv3
+    from deeplabv3_tf.model.classifier import build_classifier
+
+    prefix = latest_checkpoint(path)
+    experiment = load_experiment(os.path.dirname(prefix))
+    builder = build_classifier if experiment.task == "classification" else build_deeplabv3
+    source = builder(experiment.model)
+    restore_model(source, prefix)
+    if experiment.task == "classification":
+        copied = transfer_weights(source.get_layer(BACKBONE_NAME),
+                                  target.get_layer(BACKBONE_NAME), log=log)
+        log(f"init: backbone from classification run {experiment.name} ({prefix}), "
+            f"{copied} layers")
+    else:
+        copied = transfer_weights(source, target, log=log)
+        log(f"init: {copied} layers from {experiment.name} ({prefix})")
+    if copied == 0:
+        raise ValueError(f"No layer of {prefix} fits the model.")
+    return copied
