@@ -32,19 +32,36 @@ def _read_records(file_pattern) -> tf.data.Dataset:
     return tf.data.TFRecordDataset(list_files(file_pattern))
 
 
+def _permuted(values, seed):
+    """`values` in a random order that is a pure function of `seed` (int64 [2])."""
+    order = tf.argsort(tf.random.stateless_uniform([tf.shape(values)[0]], seed))
+    return tf.gather(values, order)
+
+
 def _epoch(files: list[str], seed: int, epoch, shuffle_buffer: int,
            repeat_record=None) -> tf.data.Dataset:
-    """One epoch of serialised records in the order fixed by (seed, epoch)."""
-    epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
-    dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
-        len(files), seed=epoch_seed, reshuffle_each_iteration=False)
+    """One epoch of serialised records in the order fixed by (seed, epoch).
+
+    Files are permuted, read interleaved in that fixed order, and records are
+    permuted within consecutive blocks of `shuffle_buffer`. Every permutation
+    is stateless (Dataset.shuffle cannot take a per-epoch tensor seed once a
+    global seed is set), so the epoch is reproducible from its number alone.
+    """
+    epoch = tf.cast(epoch, tf.int64)
+    seed = tf.cast(seed, tf.int64)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        _permuted(tf.constant(files), tf.stack([seed, 2 * epoch])))
     dataset = dataset.interleave(
         tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
         num_parallel_calls=AUTOTUNE, deterministic=True)
     if repeat_record is not None:
         dataset = dataset.flat_map(lambda record: tf.data.Dataset.from_tensors(
             record).repeat(repeat_record(record)))
-    return dataset.shuffle(shuffle_buffer, seed=epoch_seed + 1, reshuffle_each_iteration=False)
+    if shuffle_buffer <= 1:
+        return dataset
+    blocks = dataset.batch(shuffle_buffer).enumerate()
+    return blocks.flat_map(lambda index, block: tf.data.Dataset.from_tensor_slices(
+        _permuted(block, tf.stack([seed, 2 * epoch + 1 + 2 * index]))))
 
 
 def training_stream(file_pattern, *, seed: int = 0, shuffle_buffer: int = 1024,

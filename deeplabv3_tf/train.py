@@ -1,0 +1,389 @@
+"""The training loop: custom, distributed, resumable.
+
+A custom loop rather than `Model.fit`: Keras 3's fit fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585), and the loop needs exact
+control of loss normalisation across replicas: each replica's cross-entropy sum
+is divided by the number of non-ignored pixels of the whole global batch, so
+the loss and the update do not depend on the replica count.
+
+Everything the trajectory depends on is in the checkpoint or derived from it:
+step, weights (BN statistics included), optimizer slots and iteration count,
+the dynamic loss scale, the dropout RNG states, and the data position (the
+training stream is a pure function of the seed and the position
+step * global batch, see `data.pipeline.training_stream`). A killed run resumes
+by rerunning the same command; SIGTERM saves a checkpoint after the current
+step and returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplabv3_tf import data as data_lib
+from deeplabv3_tf.distribute import is_chief, make_strategy, set_precision
+from deeplabv3_tf.evaluate import evaluate_model
+from deeplabv3_tf.experiments import (
+    EXPERIMENT_FILE, ExperimentConfig, load_experiment, save_experiment)
+from deeplabv3_tf.losses import multilabel_loss_terms, segmentation_loss_terms
+from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
+from deeplabv3_tf.model import build_deeplabv3
+from deeplabv3_tf.model.classifier import build_classifier
+from deeplabv3_tf.model.imagenet import load_imagenet_weights
+from deeplabv3_tf.model.transfer import initialize_from_run
+from deeplabv3_tf.progress import ProgressBar
+from deeplabv3_tf.visualize import overlay
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call to `train` did."""
+
+    model: keras.Model
+    step: int
+    model_dir: str
+    preempted: bool = False
+    history: list[dict] = dataclasses.field(default_factory=list)
+    evaluation: dict | None = None
+
+
+class _TerminationFlag:
+    """Turns SIGTERM into a flag the loop checks after every step."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def poly_schedule(train_config) -> keras.optimizers.schedules.LearningRateSchedule:
+    """lr = base * (1 - step / steps) ** power (paper §4.1), after optional warm-up."""
+    poly = keras.optimizers.schedules.PolynomialDecay(
+        train_config.learning_rate, decay_steps=train_config.steps,
+        end_learning_rate=0.0, power=train_config.lr_power)
+    if not train_config.warmup_steps:
+        return poly
+    return _Warmup(poly, train_config.learning_rate, train_config.warmup_steps)
+
+
+class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, after, peak, steps):
+        self.after, self.peak, self.steps = after, peak, steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        return tf.where(step < self.steps, self.peak * (step + 1) / self.steps,
+                        self.after(step))
+
+    def get_config(self):
+        return {"peak": self.peak, "steps": self.steps}
+
+
+def make_optimizer(train_config) -> keras.optimizers.Optimizer:
+    """SGD with momentum on the poly schedule; dynamic loss scaling under float16."""
+    optimizer = keras.optimizers.SGD(learning_rate=poly_schedule(train_config),
+                                     momentum=train_config.momentum)
+    if train_config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def build_model(experiment: ExperimentConfig) -> keras.Model:
+    """The experiment's model: DeepLabv3 or the backbone classifier."""
+    if experiment.task == "classification":
+        return build_classifier(experiment.model)
+    return build_deeplabv3(experiment.model)
+
+
+def initialize(model: keras.Model, init: str, log: Callable[[str], None]) -> None:
+    """ImageNet `.h5` weights, or the latest checkpoint of another run."""
+    if not init:
+        log("init: random")
+        return
+    if init.endswith((".h5", ".hdf5")):
+        if not os.path.exists(init):
+            raise FileNotFoundError(
+                f"ImageNet weights not found: {init}. Download "
+                "keras.applications' ResNet '_notop.h5' file, or set train.init=''.")
+        count = load_imagenet_weights(model, init)
+        log(f"init: ImageNet weights from {init} ({count} backbone layers)")
+        return
+    initialize_from_run(model, init, log=log)
+
+
+def _check_same_experiment(saved: ExperimentConfig, experiment: ExperimentConfig,
+                           model_dir: str) -> None:
+    if saved.model != experiment.model:
+        raise ValueError(
+            f"{model_dir} holds a run of another model ({os.path.join(model_dir, EXPERIMENT_FILE)}); "
+            "choose another --model_dir.")
+
+
+def _decayed(variables):
+    """Kernels of convs and dense layers: the variables weight decay applies to."""
+    return [v.path.endswith("kernel") for v in variables]
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, experiment: ExperimentConfig):
+    """The distributed training step: batch -> (global loss, confusion matrix).
+
+    Each replica computes the gradient of its loss *sum*; it is divided by the
+    normaliser summed over all replicas (non-ignored pixels, or examples), and
+    `apply_gradients` sums the replicas' gradients: the update is the gradient
+    of the global-batch mean, for any number of replicas.
+    """
+    tc = experiment.train
+    replicas = strategy.num_replicas_in_sync
+    segmentation = experiment.task == "segmentation"
+    decayed = _decayed(model.trainable_variables)
+    num_classes = experiment.model.num_classes
+    ignore_label = experiment.data.ignore_label
+
+    def forward_backward(batch):
+        with tf.GradientTape() as tape:
+            outputs = model(batch["image"], training=True)
+            if segmentation:
+                loss_sum, count = segmentation_loss_terms(
+                    batch["label"], outputs, ignore_label, tc.class_weights)
+            else:
+                loss_sum, count = multilabel_loss_terms(batch["target"], outputs)
+            scaled = optimizer.scale_loss(loss_sum)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if segmentation:
+            predictions = tf.argmax(outputs, axis=-1, output_type=tf.int32)
+            matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
+        else:
+            matrix = tf.zeros([num_classes, num_classes], tf.int64)
+        return grads, loss_sum, count, matrix
+
+    if tc.jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(batch):
+        grads, loss_sum, count, matrix = forward_backward(batch)
+        context = tf.distribute.get_replica_context()
+        total = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, count), 1.0)
+        scale = optimizer.scale_loss(tf.constant(1.0))
+        # Weight decay (d/dw of wd/2 |w|^2) is shared out over the replicas so
+        # that the cross-replica sum adds it once.
+        grads = [g / total + (tc.weight_decay * scale / replicas) * tf.cast(v, g.dtype)
+                 if d else g / total
+                 for g, v, d in zip(grads, model.trainable_variables, decayed)]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss_sum / total, matrix
+
+    @tf.function
+    def train_step(batch):
+        losses, matrices = strategy.run(replica_step, args=(batch,))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, matrices, axis=None))
+
+    return train_step
+
+
+def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True,
+          log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+    """Trains (or resumes training of) an experiment in `model_dir`.
+
+    Args:
+      experiment: The experiment; saved as model_dir/experiment.json.
+      model_dir: Checkpoints, experiment.json and TensorBoard logs (train/, val/).
+      progress: Show a progress bar with steps/s and ETA.
+      log: Where messages go.
+      stop_after: Stop (with a checkpoint) after this step, before the end.
+
+    Returns:
+      A TrainResult with the trained model.
+
+    Raises:
+      FloatingPointError: the loss became NaN or Inf; the last checkpoint is kept.
+    """
+    tc = experiment.train
+    strategy = make_strategy(tc.strategy)
+    set_precision(tc.precision)
+    replicas = strategy.num_replicas_in_sync
+    if tc.batch_size % replicas:
+        raise ValueError(f"batch_size={tc.batch_size} is not divisible by {replicas} replicas.")
+    sync_bn = tc.sync_bn if tc.sync_bn is not None else replicas > 1
+    experiment = dataclasses.replace(
+        experiment, model=dataclasses.replace(experiment.model, sync_bn=sync_bn))
+    chief = is_chief(strategy)
+    write_dir = model_dir if chief else os.path.join(
+        model_dir, f".worker-{strategy.cluster_resolver.task_id}")
+    os.makedirs(write_dir, exist_ok=True)
+    if os.path.exists(os.path.join(model_dir, EXPERIMENT_FILE)):
+        _check_same_experiment(load_experiment(model_dir), experiment, model_dir)
+    keras.utils.set_random_seed(tc.seed)
+
+    segmentation = experiment.task == "segmentation"
+    with strategy.scope():
+        model = build_model(experiment)
+        optimizer = make_optimizer(tc)
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    rng_states = [v for v in model.variables if "seed_generator" in v.path]
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
+                                     rng=rng_states)
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=tc.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f"resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
+    else:
+        initialize(model, tc.init, log)
+        if chief:
+            save_experiment(experiment, model_dir)
+    start = int(step_var.numpy())
+
+    dataset = _training_dataset(experiment, start * tc.batch_size)
+    if strategy.cluster_resolver is not None and strategy.cluster_resolver.task_type:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    train_step = make_train_step(model, optimizer, strategy, experiment)
+    num_classes = experiment.model.num_classes
+    writers = _summary_writers(model_dir, chief)
+    history, evaluation, preempted = [], None, False
+    end = min(tc.steps, stop_after) if stop_after else tc.steps
+    bar = ProgressBar(tc.steps, desc=f"[{experiment.name}]", unit="step", initial=start,
+                      enabled=progress)
+    window = np.zeros((num_classes, num_classes), np.int64)
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    step = start
+    with _TerminationFlag() as terminated:
+        while step < end:
+            batch = next(iterator)
+            loss, matrix = train_step(batch)
+            step += 1
+            step_var.assign(step)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"Loss is {loss} at step {step}; stopped without saving. The last "
+                    f"good checkpoint is {manager.latest_checkpoint or '(none yet)'}.")
+            window += matrix.numpy()
+            window_loss += loss
+            window_steps += 1
+            bar.update(1, loss=f"{loss:.4f}")
+            if step % tc.log_every == 0 or step == end:
+                record = _log_scalars(writers, optimizer, model, tc, step, window_loss / window_steps,
+                                      window, segmentation, window_steps,
+                                      time.perf_counter() - window_start)
+                history.append(record)
+                window[:] = 0
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if segmentation and tc.image_summary_every and step % tc.image_summary_every == 0:
+                _image_summary(writers, model, strategy, batch, step)
+            if step % tc.checkpoint_every == 0 or step == end or terminated.raised:
+                manager.save(checkpoint_number=step)
+            if (segmentation and tc.eval_every and step % tc.eval_every == 0
+                    and experiment.data.val_records and step < end):
+                _evaluate(model, experiment, writers, step, log)
+            if terminated.raised:
+                preempted = True
+                log(f"SIGTERM: saved a checkpoint at step {step} in {write_dir}; "
+                    "rerun the same command to resume")
+                break
+    bar.close()
+    if segmentation and experiment.data.val_records and not preempted and step == tc.steps:
+        evaluation = _evaluate(model, experiment, writers, step, log)
+    if not chief:
+        tf.io.gfile.rmtree(write_dir)
+    return TrainResult(model=model, step=step, model_dir=model_dir, preempted=preempted,
+                       history=history, evaluation=evaluation)
+
+
+def _training_dataset(experiment: ExperimentConfig, start_index: int) -> tf.data.Dataset:
+    data, tc = experiment.data, experiment.train
+    if experiment.task == "classification":
+        return data_lib.make_classification_dataset(
+            data.train_records, num_classes=experiment.model.num_classes, training=True,
+            batch_size=tc.batch_size, image_size=data.image_size,
+            use_confidence=data.use_confidence, seed=tc.seed,
+            shuffle_buffer=data.shuffle_buffer, start_index=start_index)
+    return data_lib.make_dataset(
+        data.train_records, training=True, batch_size=tc.batch_size,
+        crop_size=data.crop_size, min_scale=data.min_scale, max_scale=data.max_scale,
+        flip=data.flip, ignore_label=data.ignore_label, seed=tc.seed,
+        shuffle_buffer=data.shuffle_buffer, start_index=start_index,
+        hard_class_ids=data.hard_class_ids, hard_class_repeat=data.hard_class_repeat)
+
+
+def _summary_writers(model_dir: str, chief: bool) -> dict:
+    if not chief:
+        return {}
+    return {name: tf.summary.create_file_writer(os.path.join(model_dir, name))
+            for name in ("train", "val")}
+
+
+def _log_scalars(writers, optimizer, model, tc, step, loss, window, segmentation,
+                 window_steps, seconds) -> dict:
+    decay = sum(float(tf.reduce_sum(tf.square(tf.cast(v, tf.float32))))
+                for v, d in zip(model.trainable_variables, _decayed(model.trainable_variables))
+                if d) * tc.weight_decay / 2
+    record = {"step": step, "loss": loss, "weight_decay_loss": decay,
+              "learning_rate": float(poly_schedule(tc)(step - 1)),
+              "steps_per_second": window_steps / max(seconds, 1e-9)}
+    if segmentation:
+        record["train_miou"] = iou_from_confusion(window)["miou"]
+    if hasattr(optimizer, "dynamic_scale"):
+        record["loss_scale"] = float(optimizer.dynamic_scale)
+    if writers:
+        with writers["train"].as_default(step=step):
+            for key, value in record.items():
+                if key != "step" and value == value:  # skip NaN mIoU
+                    tf.summary.scalar(key, value)
+    return record
+
+
+def _image_summary(writers, model, strategy, batch, step, count: int = 2) -> None:
+    if not writers:
+        return
+    images = strategy.experimental_local_results(batch["image"])[0][:count]
+    labels = strategy.experimental_local_results(batch["label"])[0][:count]
+    predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+    panels = []
+    for image, label, prediction in zip(images.numpy(), labels.numpy(), predictions.numpy()):
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        panels.append(np.concatenate([image, overlay(image, label % 256),
+                                      overlay(image, prediction)], axis=1))
+    with writers["train"].as_default(step=step):
+        tf.summary.image("image_label_prediction", np.stack(panels), max_outputs=count)
+
+
+def _evaluate(model, experiment, writers, step, log) -> dict:
+    dataset = data_lib.make_dataset(experiment.data.val_records, training=False)
+    result = evaluate_model(model, dataset, experiment.model.num_classes,
+                            ignore_label=experiment.data.ignore_label)
+    log(f"step {step}: val mIoU {100 * result['miou']:.2f} over {result['images']} images")
+    if writers:
+        with writers["val"].as_default(step=step):
+            tf.summary.scalar("miou", result["miou"])
+            tf.summary.scalar("pixel_accuracy", result["pixel_accuracy"])
+            for name, iou in zip(experiment.data.class_names, result["iou"]):
+                if iou == iou:
+                    tf.summary.scalar(f"iou/{name}", iou)
+    return result
+

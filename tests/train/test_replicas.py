@@ -1,0 +1,140 @@
+"""Replica consistency on 2 logical CPU devices, and 2-worker training.
+
+Logical devices must be configured before TensorFlow initialises, so each
+case runs in its own Python process.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from deeplabv3_tf.data.tfrecord_builders import build_voc
+from deeplabv3_tf.synthetic import write_voc_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ONE_STEP = textwrap.dedent("""
+    import dataclasses, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from deeplabv3_tf.experiments import override, tiny_voc
+    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
+
+    experiment = override(tiny_voc(), ["model.dropout_rate=0.0", "train.batch_size=4",
+                                       "train.weight_decay=1e-3", "train.learning_rate=0.1"])
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 49, 53, 3)).astype("float32")
+    labels = rng.integers(0, 21, (4, 49, 53)).astype("int32")
+    # Replica 0's half is almost all ignored, replica 1's hardly at all.
+    labels[:2, :45] = 255
+    labels[2:, :2] = 255
+    results = {}
+    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
+        strategy = tf.distribute.MirroredStrategy(devices)
+        model_config = dataclasses.replace(experiment.model, sync_bn=len(devices) > 1)
+        exp = dataclasses.replace(experiment, model=model_config)
+        keras.utils.set_random_seed(1)
+        with strategy.scope():
+            model = build_model(exp)
+            optimizer = make_optimizer(exp.train)
+            optimizer.build(model.trainable_variables)
+        initial = [w.numpy() for w in model.weights]
+        step = make_train_step(model, optimizer, strategy, exp)
+        batch = tf.data.Dataset.from_tensors({"image": images, "label": labels})
+        batch = next(iter(strategy.experimental_distribute_dataset(batch)))
+        loss, matrix = step(batch)
+        results[name] = {"loss": float(loss), "matrix": matrix.numpy().tolist(),
+                         "replicas": strategy.num_replicas_in_sync,
+                         "weights": [w.numpy() for w in model.weights]}
+    arrays = {f"{n}_{i}": w for n in results for i, w in enumerate(results[n]["weights"])}
+    arrays.update({f"init_{i}": w for i, w in enumerate(initial)})
+    np.savez(sys.argv[1], **arrays)
+    print("RESULT", {n: {k: v for k, v in r.items() if k != "weights"} for n, r in results.items()})
+""")
+
+
+def test_two_replicas_with_sync_bn_match_one_replica(tmp_path):
+    out = tmp_path / "weights.npz"
+    result = subprocess.run([sys.executable, "-c", ONE_STEP, str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT"))
+    summary = eval(line[len("RESULT "):])
+    assert summary["one"]["replicas"] == 1 and summary["two"]["replicas"] == 2
+    assert summary["one"]["loss"] == pytest.approx(summary["two"]["loss"], rel=1e-5)
+    assert summary["one"]["matrix"] == summary["two"]["matrix"]
+    weights = np.load(out)
+    count = len([k for k in weights if k.startswith("one_")])
+    assert count > 50
+    moved = 0
+    for i in range(count):
+        one, two, init = weights[f"one_{i}"], weights[f"two_{i}"], weights[f"init_{i}"]
+        np.testing.assert_allclose(two, one, rtol=2e-4, atol=2e-6, err_msg=f"weight {i}")
+        # Both started from the same weights, and the step moved them far more
+        # than the two runs differ.
+        assert np.abs(init - one).max() == 0 or np.abs(init - one).max() > 100 * np.abs(two - one).max()
+        moved += np.abs(init - one).max() > 0
+    assert moved > count // 2
+
+
+MULTI_WORKER = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from deeplabv3_tf.experiments import override, tiny_voc
+    from deeplabv3_tf.train import train
+    experiment = override(tiny_voc(), [
+        f"data.train_records={sys.argv[1]!r}", "data.val_records=''", "train.steps=3",
+        "train.batch_size=4", "train.checkpoint_every=3", "train.strategy='multi_worker'",
+        "data.crop_size=(49, 49)", "model.dropout_rate=0.0"])
+    result = train(experiment, sys.argv[2], progress=False, log=lambda m: None)
+    np.savez(sys.argv[3], *[w.numpy() for w in result.model.weights])
+    print("STEP", result.step)
+""")
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_and_agree(tmp_path):
+    info = write_voc_dataset(str(tmp_path / "data"), num_train=8, num_val=1, with_sbd=False,
+                             size_range=(50, 70))
+    build_voc(info["voc_dir"], str(tmp_path / "records"), splits=("train",), progress=False,
+              log=lambda _: None)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", MULTI_WORKER, str(tmp_path / "records" / "train-*"),
+             str(tmp_path / "run"), str(tmp_path / f"w{index}.npz")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+        assert "STEP 3" in out
+    first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert len(first.files) == len(second.files) > 50
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key])
+    # The chief wrote the checkpoint and the experiment; the worker cleaned up.
+    assert (tmp_path / "run" / "experiment.json").exists()
+    assert list((tmp_path / "run").glob("ckpt-3.index"))
+    assert not list((tmp_path / "run").glob(".worker-*"))

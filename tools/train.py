@@ -1,0 +1,59 @@
+"""Trains a named experiment (recipe), resuming from model_dir if it holds a checkpoint.
+
+  python tools/train.py --experiment voc_r101_os16 --model_dir runs/voc_r101_os16 \\
+      --init resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5
+  python tools/train.py --experiment tiny_voc --set train.steps=100 --set data.crop_size=(65,65)
+
+Recipes: voc_r101_os16, voc_r101_os8_trainval, coco_r101_os16, voc_r101_os16_from_coco,
+cityscapes_r101_os16, jft_r101_pretrain, tiny_voc, tiny_jft.
+"""
+
+import json
+
+from absl import app, flags
+
+from deeplabv3_tf.experiments import RECIPES, get_recipe, override
+from deeplabv3_tf.train import train
+
+flags.DEFINE_enum("experiment", "voc_r101_os16", sorted(RECIPES), "Recipe to train.")
+flags.DEFINE_string("model_dir", None, "Run directory (default: runs/<experiment>).")
+flags.DEFINE_string("train_records", None, "Glob of training shards (data.train_records).")
+flags.DEFINE_string("val_records", None, "Glob of validation shards (data.val_records).")
+flags.DEFINE_string("init", None, "ImageNet .h5 or a run directory to start from (train.init).")
+flags.DEFINE_integer("steps", None, "Training steps (train.steps).")
+flags.DEFINE_integer("batch_size", None, "Global batch size (train.batch_size).")
+flags.DEFINE_float("learning_rate", None, "Base learning rate (train.learning_rate).")
+flags.DEFINE_integer("output_stride", None, "Training output stride (model.output_stride).")
+flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Dtype policy (train.precision).")
+flags.DEFINE_enum("strategy", None, ["auto", "mirrored", "multi_worker", "one_device", "tpu"],
+                  "Distribution strategy (train.strategy).")
+flags.DEFINE_bool("jit_compile", None, "XLA-compile training steps (train.jit_compile).")
+flags.DEFINE_multi_string("set", [], "Any field: section.field=value, e.g. data.crop_size=(321,321).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+SHORTCUTS = {"train_records": "data.train_records", "val_records": "data.val_records",
+             "init": "train.init", "steps": "train.steps", "batch_size": "train.batch_size",
+             "learning_rate": "train.learning_rate", "output_stride": "model.output_stride",
+             "precision": "train.precision", "strategy": "train.strategy",
+             "jit_compile": "train.jit_compile"}
+
+
+def main(argv):
+    del argv
+    assignments = [f"{field}={getattr(FLAGS, name)!r}" for name, field in SHORTCUTS.items()
+                   if getattr(FLAGS, name) is not None]
+    experiment = override(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
+    result = train(experiment, FLAGS.model_dir or f"runs/{experiment.name}",
+                   progress=FLAGS.progress)
+    summary = {"step": result.step, "model_dir": result.model_dir, "preempted": result.preempted}
+    if result.history:
+        summary["last_loss"] = result.history[-1]["loss"]
+    if result.evaluation:
+        summary["val_miou"] = result.evaluation["miou"]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
