@@ -349,7 +349,7 @@ def _log_scalars(writers, optimizer, model, tc, step, loss, window, segmentation
     if segmentation:
         record["train_miou"] = iou_from_confusion(window)["miou"]
     if hasattr(optimizer, "dynamic_scale"):
-        record["loss_scale"] = float(optimizer.dynamic_scale)
+        record["loss_scale"] = float(tf.convert_to_tensor(optimizer.dynamic_scale.value))
     if writers:
         with writers["train"].as_default(step=step):
             for key, value in record.items():

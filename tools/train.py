@@ -10,6 +10,7 @@ cityscapes_r101_os16, jft_r101_pretrain, tiny_voc, tiny_jft.
 
 import json
 
+import tensorflow as tf
 from absl import app, flags
 
 from deeplabv3_tf.experiments import RECIPES, get_recipe, override
@@ -31,6 +32,8 @@ flags.DEFINE_enum("strategy", None, ["auto", "mirrored", "multi_worker", "one_de
 flags.DEFINE_bool("jit_compile", None, "XLA-compile training steps (train.jit_compile).")
 flags.DEFINE_multi_string("set", [], "Any field: section.field=value, e.g. data.crop_size=(321,321).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("deterministic_ops", False,
+                  "tf.config.experimental.enable_op_determinism(): bitwise-reproducible runs.")
 FLAGS = flags.FLAGS
 
 SHORTCUTS = {"train_records": "data.train_records", "val_records": "data.val_records",
@@ -42,6 +45,8 @@ SHORTCUTS = {"train_records": "data.train_records", "val_records": "data.val_rec
 
 def main(argv):
     del argv
+    if FLAGS.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
     assignments = [f"{field}={getattr(FLAGS, name)!r}" for name, field in SHORTCUTS.items()
                    if getattr(FLAGS, name) is not None]
     experiment = override(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
