@@ -170,18 +170,20 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                 loss_sum, count = multilabel_loss_terms(batch["target"], outputs)
             scaled = optimizer.scale_loss(loss_sum)
         grads = tape.gradient(scaled, model.trainable_variables)
-        if segmentation:
-            predictions = tf.argmax(outputs, axis=-1, output_type=tf.int32)
-            matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
-        else:
-            matrix = tf.zeros([num_classes, num_classes], tf.int64)
-        return grads, loss_sum, count, matrix
+        predictions = (tf.argmax(outputs, axis=-1, output_type=tf.int32) if segmentation
+                       else tf.zeros([], tf.int32))
+        return grads, loss_sum, count, predictions
 
     if tc.jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(batch):
-        grads, loss_sum, count, matrix = forward_backward(batch)
+        grads, loss_sum, count, predictions = forward_backward(batch)
+        # Outside the XLA-compiled part: the confusion matrix has dynamic shapes.
+        if segmentation:
+            matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
+        else:
+            matrix = tf.zeros([num_classes, num_classes], tf.int64)
         context = tf.distribute.get_replica_context()
         total = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, count), 1.0)
         scale = optimizer.scale_loss(tf.constant(1.0))

@@ -186,3 +186,14 @@ def test_other_model_in_model_dir_is_refused(records, tmp_path):
     other = override(experiment, ["model.aspp_filters=16"])
     with pytest.raises(ValueError, match="another model"):
         train(other, str(tmp_path / "run"), **QUIET)
+
+
+def test_jit_compiled_steps_match_plain_steps(records, tmp_path):
+    experiment = _experiment(records, "train.steps=2", "train.log_every=1",
+                             "data.val_records=''", "data.crop_size=(49, 49)",
+                             "model.dropout_rate=0.0")
+    plain = train(experiment, str(tmp_path / "plain"), **QUIET)
+    jit = train(override(experiment, ["train.jit_compile=True"]), str(tmp_path / "jit"), **QUIET)
+    assert [h["loss"] for h in jit.history] == pytest.approx(
+        [h["loss"] for h in plain.history], rel=1e-3)
+    assert jit.history[-1]["train_miou"] == pytest.approx(plain.history[-1]["train_miou"], rel=1e-2)
