@@ -1,0 +1,39 @@
+"""Evaluates a training run: mIoU, per-class IoU and pixel accuracy, CSVs and charts.
+
+  python tools/evaluate.py --model_dir runs/voc_r101_os16            # the experiment's protocol
+  python tools/evaluate.py --model_dir runs/voc_r101_os16 --output_stride 8 \\
+      --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip                    # one setting
+"""
+
+import sys
+
+from absl import app, flags
+
+from deeplabv3_tf.evaluate import evaluate_run
+
+flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+flags.DEFINE_string("records", None, "Glob of evaluation shards (default: the run's val records).")
+flags.DEFINE_string("output_dir", None, "Reports directory (default: <model_dir>/eval).")
+flags.DEFINE_integer("output_stride", None, "Inference output stride (8, 16, 32).")
+flags.DEFINE_list("scales", None, "Inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")
+flags.DEFINE_bool("flip", None, "Add left-right flipped inputs.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    scales = [float(s) for s in FLAGS.scales] if FLAGS.scales else None
+    try:
+        evaluate_run(FLAGS.model_dir, FLAGS.output_dir or f"{FLAGS.model_dir}/eval",
+                     records=FLAGS.records, output_stride=FLAGS.output_stride, scales=scales,
+                     flip=FLAGS.flip, checkpoint=FLAGS.checkpoint, progress=FLAGS.progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,44 @@
+"""Exports a training run as a SavedModel that TensorFlow Serving loads as is.
+
+  python tools/export.py --model_dir runs/voc_r101_os16 --export_dir exports/deeplabv3 \\
+      [--output_stride 8] [--scales 0.5,0.75,1,1.25,1.5,1.75] [--noflip] \\
+      [--with_probabilities] [--max_side 1024] [--version 3]
+
+Writes EXPORT_DIR/<version>/ (next free integer by default).
+"""
+
+import sys
+
+from absl import app, flags
+
+from deeplabv3_tf.export import DEFAULT_SCALES, ExportOptions, export_saved_model
+
+flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+flags.DEFINE_string("export_dir", None, "Model base path for TF Serving.", required=True)
+flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest).")
+flags.DEFINE_integer("output_stride", None, "Inference output stride (default: the training one).")
+flags.DEFINE_list("scales", [str(s) for s in DEFAULT_SCALES], "Scales of multiscale_flip.")
+flags.DEFINE_bool("flip", True, "Left-right flip in multiscale_flip.")
+flags.DEFINE_bool("with_probabilities", False, "Also output per-class probabilities.")
+flags.DEFINE_integer("max_side", 0, "Resize larger images to this longest side in the graph (0: never).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    options = ExportOptions(output_stride=FLAGS.output_stride,
+                            scales=tuple(float(s) for s in FLAGS.scales), flip=FLAGS.flip,
+                            with_probabilities=FLAGS.with_probabilities, max_side=FLAGS.max_side)
+    try:
+        path = export_saved_model(FLAGS.model_dir, FLAGS.export_dir, options,
+                                  version=FLAGS.version, checkpoint=FLAGS.checkpoint)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,34 @@
+"""Segments images: colour masks and overlays, from a training run or an exported SavedModel.
+
+  python tools/predict.py --source runs/voc_r101_os16 --output_dir out photo.jpg photos/
+  python tools/predict.py --source exports/deeplabv3/1 --output_dir out photos/
+"""
+
+import sys
+
+from absl import app, flags
+
+from deeplabv3_tf.predict import predict_files
+
+flags.DEFINE_string("source", None, "Run directory or SavedModel version directory.", required=True)
+flags.DEFINE_string("output_dir", "predictions", "Where masks and overlays go.")
+flags.DEFINE_integer("output_stride", None, "Inference output stride (run source only).")
+flags.DEFINE_list("scales", ["1.0"], "Inference scales (run source only).")
+flags.DEFINE_bool("flip", False, "Add left-right flipped inputs (run source only).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("Give image files or directories.")
+    try:
+        predict_files(FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
+                      tuple(float(s) for s in FLAGS.scales), FLAGS.flip)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
