@@ -13,3 +13,29 @@ def dtype_policy():
     """Sets a global dtype policy for one test and restores float32 after."""
     yield keras.mixed_precision.set_global_policy
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny_voc run trained for 30 steps on generated VOC records.
+
+    Returns {"run_dir", "records_dir", "voc_dir", "val_records"}.
+    """
+    from deeplabv3_tf.data.tfrecord_builders import build_voc
+    from deeplabv3_tf.experiments import override, tiny_voc
+    from deeplabv3_tf.synthetic import write_voc_dataset
+    from deeplabv3_tf.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    info = write_voc_dataset(str(root / "data"), num_train=24, num_val=6, with_sbd=False,
+                             size_range=(70, 100), max_objects=2)
+    build_voc(info["voc_dir"], str(root / "records"), splits=("train", "val"),
+              progress=False, log=lambda _: None)
+    experiment = override(tiny_voc(), [
+        f"data.train_records={str(root / 'records' / 'train-*')!r}",
+        f"data.val_records={str(root / 'records' / 'val-*')!r}",
+        "train.steps=30", "data.crop_size=(65, 65)", "train.checkpoint_every=30"])
+    train(experiment, str(root / "run"), progress=False, log=lambda _: None)
+    return {"run_dir": str(root / "run"), "records_dir": str(root / "records"),
+            "voc_dir": info["voc_dir"], "val_records": str(root / "records" / "val-*"),
+            "val_ids": info["val"]}

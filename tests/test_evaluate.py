@@ -1,0 +1,111 @@
+"""Evaluation against an independent NumPy computation; reports; prediction; the CLIs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplabv3_tf.data import make_dataset
+from deeplabv3_tf.evaluate import evaluate_model, evaluate_run
+from deeplabv3_tf.export import load_trained_model
+from deeplabv3_tf.metrics import iou_from_confusion
+from deeplabv3_tf.predict import predict_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("scales,flip", [((1.0,), False), ((0.75, 1.25), True)])
+def test_miou_equals_numpy_confusion_matrix(trained_run, scales, flip):
+    model, _, _ = load_trained_model(trained_run["run_dir"])
+    seen = []
+    result = evaluate_model(model, make_dataset(trained_run["val_records"], training=False), 21,
+                            scales, flip,
+                            on_batch=lambda batch, pred: seen.append((batch["label"].numpy(), pred)))
+    # Images of different sizes in one run.
+    assert len({labels.shape for labels, _ in seen}) > 1
+    matrix = np.zeros((21, 21), np.int64)
+    for labels, predictions in seen:
+        valid = labels != 255
+        matrix += np.bincount(21 * labels[valid] + predictions[valid], minlength=441).reshape(21, 21)
+    np.testing.assert_array_equal(result["confusion"], matrix)
+    present = (matrix.sum(0) + matrix.sum(1)) > 0
+    iou = np.diag(matrix)[present] / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))[present]
+    assert result["miou"] == pytest.approx(iou.mean(), abs=1e-12)
+    assert result["pixel_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert result["images"] == len(seen) == 6
+
+
+def test_iou_ignores_absent_classes():
+    matrix = np.array([[5, 1, 0], [2, 4, 0], [0, 0, 0]])
+    result = iou_from_confusion(matrix)
+    assert np.isnan(result["iou"][2])
+    assert result["miou"] == pytest.approx((5 / 8 + 4 / 7) / 2)
+
+
+def test_evaluate_run_protocol_and_reports(trained_run, tmp_path):
+    lines = []
+    results = evaluate_run(trained_run["run_dir"], str(tmp_path), progress=False, log=lines.append)
+    # tiny_voc's protocol: OS16, OS8 with the same weights, OS16 multi-scale + flip.
+    assert list(results) == ["os16", "os8", "os16_ms_flip"]
+    with open(tmp_path / "results.json") as f:
+        summary = json.load(f)
+    assert summary["os8"]["output_stride"] == 8
+    assert summary["os16_ms_flip"]["scales"] == [0.75, 1.0, 1.25]
+    with open(tmp_path / "os16_per_class_iou.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["class_id", "class", "iou", "ground_truth_pixels", "predicted_pixels"]
+    assert rows[-1][1] == "mean" and float(rows[-1][2]) == pytest.approx(results["os16"]["miou"])
+    with open(tmp_path / "os16_confusion_matrix.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 22 and rows[16][0] == "person"
+    np.testing.assert_array_equal(np.array([r[1:] for r in rows[1:]], int),
+                                  results["os16"]["confusion"])
+    assert Image.open(tmp_path / "os16_chart.png").size[0] > 400
+    assert any("mIoU" in line for line in lines)
+
+
+def test_predict_from_run_and_export(trained_run, tmp_path):
+    from deeplabv3_tf.export import export_saved_model
+
+    images_dir = os.path.join(trained_run["voc_dir"], "JPEGImages")
+    image = os.path.join(images_dir, f"{trained_run['val_ids'][0]}.jpg")
+    from_run = predict_files(trained_run["run_dir"], [image], str(tmp_path / "run"), log=lambda _: None)
+    export = export_saved_model(trained_run["run_dir"], str(tmp_path / "export"), log=lambda _: None)
+    from_export = predict_files(export, [image], str(tmp_path / "export_out"), log=lambda _: None)
+    a = np.asarray(Image.open(from_run[0]["outputs"]["labels"]))
+    b = np.asarray(Image.open(from_export[0]["outputs"]["labels"]))
+    assert a.shape == np.asarray(Image.open(image)).shape[:2]
+    assert np.mean(a == b) > 0.999
+    overlay = np.asarray(Image.open(from_run[0]["outputs"]["overlay"]))
+    assert overlay.shape == a.shape + (3,)
+    with pytest.raises(FileNotFoundError, match="nothing.jpg"):
+        predict_files(trained_run["run_dir"], [str(tmp_path / "nothing.jpg")], str(tmp_path))
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_evaluate_export_predict_tools(trained_run, tmp_path):
+    evaluated = _run("tools/evaluate.py", f"--model_dir={trained_run['run_dir']}",
+                     f"--output_dir={tmp_path / 'eval'}", "--output_stride=8", "--noprogress")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "mIoU" in evaluated.stdout + evaluated.stderr
+    assert (tmp_path / "eval" / "os8_chart.png").exists()
+    exported = _run("tools/export.py", f"--model_dir={trained_run['run_dir']}",
+                    f"--export_dir={tmp_path / 'export'}", "--scales=1.0,1.5")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert exported.stdout.strip().endswith(str(tmp_path / "export" / "1"))
+    images_dir = os.path.join(trained_run["voc_dir"], "JPEGImages")
+    predicted = _run("tools/predict.py", f"--source={tmp_path / 'export' / '1'}",
+                     f"--output_dir={tmp_path / 'pred'}", images_dir)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == len(os.listdir(images_dir))
+    missing = _run("tools/evaluate.py", f"--model_dir={tmp_path / 'nowhere'}")
+    assert missing.returncode == 1 and "experiment.json" in missing.stderr
