@@ -341,11 +341,11 @@ def tiny_voc() -> ExperimentConfig:
         data=DataConfig(train_records="runs/demo/records/train-*",
                         val_records="runs/demo/records/val-*", crop_size=(97, 97),
                         min_scale=0.75, max_scale=1.25, shuffle_buffer=256),
-        train=TrainConfig(steps=300, batch_size=8, learning_rate=0.05, weight_decay=1e-4,
+        train=TrainConfig(steps=600, batch_size=8, learning_rate=0.05, weight_decay=1e-4,
                           checkpoint_every=100, log_every=10, image_summary_every=100,
                           eval_every=0),
         eval=EvalConfig(output_strides=(16, 8), scales=(0.75, 1.0, 1.25),
-                        multiscale_output_stride=16))
+                        multiscale_output_stride=8))
 
 
 def tiny_jft() -> ExperimentConfig:

@@ -18,7 +18,7 @@ A killed build is finished by rerunning the same command.
 import signal
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplabv3_tf.data import tfrecord_builders as builders
 from deeplabv3_tf.data.images import InvalidExampleError
@@ -96,6 +96,7 @@ def _build(source, options):
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)
     if len(argv) != 2 or argv[1] not in SOURCES:
         raise app.UsageError(f"Give one source: {' | '.join(SOURCES)}.")
     _require(argv[1], "output_dir")

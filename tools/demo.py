@@ -1,26 +1,41 @@
-"""Builds DeepLabv3, prints its summary, parameters and GMACs, and segments a generated image.
+"""The main job: generated (or real) VOC data -> records -> training -> evaluation -> export
+-> served predictions, with a summary of where everything is, the mIoU and the time taken.
 
-  python tools/demo.py [--output_dir runs/demo] [--depth 101] [--output_stride 16]
+  python tools/demo.py                          # generated data, tiny_voc, ~minutes on a CPU
+  python tools/demo.py --voc_dir VOCdevkit/VOC2012 --sbd_dir benchmark_RELEASE \\
+      --experiment voc_r101_os16 --init resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5
+  python tools/demo.py --model_only             # build R101, print its summary and cost only
 """
 
 from absl import app, flags
 
 from deeplabv3_tf.config import ModelConfig
 from deeplabv3_tf.demo import run_model_demo
+from deeplabv3_tf.main_job import MainJobConfig, run_main_job
 
-flags.DEFINE_string("output_dir", "runs/demo", "Where the demo writes its files.")
-flags.DEFINE_integer("depth", 101, "ResNet depth (14, 26, 50, 101, 152).")
-flags.DEFINE_integer("output_stride", 16, "Output stride: 8, 16 or 32.")
-flags.DEFINE_integer("image_size", 513, "Side of the generated square image.")
+flags.DEFINE_string("workdir", "runs/demo", "Where the job writes everything.")
+flags.DEFINE_string("voc_dir", None, "A real VOCdevkit/VOC2012 instead of generated data.")
+flags.DEFINE_string("sbd_dir", None, "SBD benchmark_RELEASE: train on train_aug.")
+flags.DEFINE_string("experiment", None, "Recipe (default: tiny_voc, or voc_r101_os16 with --voc_dir).")
+flags.DEFINE_string("init", None, "Initial weights (ImageNet .h5 for the R101 recipes).")
+flags.DEFINE_integer("steps", None, "Training steps (default: the recipe's).")
+flags.DEFINE_integer("num_train", 240, "Generated training images.")
+flags.DEFINE_integer("num_val", 48, "Generated validation images.")
+flags.DEFINE_multi_string("train_flag", [], "Extra tools/train.py flag, e.g. --train_flag=--set=train.batch_size=4.")
+flags.DEFINE_bool("model_only", False, "Only build the model and print its summary, size and cost.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    run_model_demo(
-        FLAGS.output_dir,
-        ModelConfig(depth=FLAGS.depth, output_stride=FLAGS.output_stride),
-        image_size=(FLAGS.image_size, FLAGS.image_size))
+    if FLAGS.model_only:
+        run_model_demo(f"{FLAGS.workdir}/model")
+        return
+    experiment = FLAGS.experiment or ("voc_r101_os16" if FLAGS.voc_dir else "tiny_voc")
+    run_main_job(MainJobConfig(
+        workdir=FLAGS.workdir, voc_dir=FLAGS.voc_dir, sbd_dir=FLAGS.sbd_dir,
+        experiment=experiment, init=FLAGS.init, steps=FLAGS.steps, num_train=FLAGS.num_train,
+        num_val=FLAGS.num_val, train_flags=tuple(FLAGS.train_flag)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplabv3_tf.evaluate import evaluate_run
 
@@ -23,6 +23,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)
     del argv
     scales = [float(s) for s in FLAGS.scales] if FLAGS.scales else None
     try:

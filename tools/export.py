@@ -9,7 +9,7 @@ Writes EXPORT_DIR/<version>/ (next free integer by default).
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplabv3_tf.export import DEFAULT_SCALES, ExportOptions, export_saved_model
 
@@ -26,6 +26,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)
     del argv
     options = ExportOptions(output_stride=FLAGS.output_stride,
                             scales=tuple(float(s) for s in FLAGS.scales), flip=FLAGS.flip,

@@ -6,7 +6,7 @@
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplabv3_tf.predict import predict_files
 
@@ -19,6 +19,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:
         raise app.UsageError("Give image files or directories.")
     try:

@@ -11,7 +11,7 @@ cityscapes_r101_os16, jft_r101_pretrain, tiny_voc, tiny_jft.
 import json
 
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplabv3_tf.experiments import RECIPES, get_recipe, override
 from deeplabv3_tf.train import train
@@ -44,6 +44,7 @@ SHORTCUTS = {"train_records": "data.train_records", "val_records": "data.val_rec
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)
     del argv
     if FLAGS.deterministic_ops:
         tf.config.experimental.enable_op_determinism()

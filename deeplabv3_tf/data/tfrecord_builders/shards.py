@@ -3,8 +3,9 @@
 `write_split` turns a list of tasks (one per example) into
 `<split>-%05d-of-%05d.tfrecord` shards plus `<split>.manifest.json`:
 
-- Examples are encoded by worker processes; results are consumed in task order,
-  so the bytes written do not depend on the number of workers.
+- Examples are encoded by spawned worker processes (one pool per process,
+  reused by every split); results are consumed in task order, so the bytes
+  written do not depend on the number of workers.
 - Each shard is written under a temporary name and renamed when complete, so a
   killed build never leaves a shard that looks complete. Completed shards are
   recorded in `.<split>.progress.json`; rerunning the same build skips them
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import glob
@@ -23,8 +25,8 @@ import hashlib
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
-import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -91,6 +93,33 @@ class SplitSpec:
 def default_num_shards(count: int) -> int:
     """About 1000 examples per shard, and at least 4 shards for parallel reads."""
     return max(math.ceil(count / 1000), min(count, 4), 1)
+
+
+_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def _pool(num_workers: int) -> multiprocessing.pool.Pool:
+    """A process pool, started once per process and reused by every split.
+
+    Workers are spawned, not forked: a fork of a process whose TensorFlow
+    runtime has started (threads holding locks) can deadlock in the child.
+    """
+    if num_workers not in _POOLS:
+        _POOLS[num_workers] = multiprocessing.get_context("spawn").Pool(num_workers)
+    return _POOLS[num_workers]
+
+
+def _close_pool(num_workers: int) -> None:
+    pool = _POOLS.pop(num_workers, None)
+    if pool is not None:
+        pool.terminate()
+        pool.join()
+
+
+@atexit.register
+def _close_pools() -> None:
+    for num_workers in list(_POOLS):
+        _close_pool(num_workers)
 
 
 def _run(encode: Callable[[Task], Encoded], task: Task):
@@ -187,13 +216,10 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
     bar = ProgressBar(len(tasks), desc=f"[{split}]", unit="img",
                       initial=len(tasks) - len(work), enabled=progress)
     run = functools.partial(_run, encode)
-    if num_workers > 1 and len(work) > 1:
-        context = multiprocessing.get_context(
-            "fork" if sys.platform.startswith("linux") else "spawn")
-        pool = context.Pool(min(num_workers, len(work)))
+    pool = _pool(num_workers) if num_workers > 1 and len(work) > 1 else None
+    if pool is not None:
         results = pool.imap(run, work, chunksize=max(1, min(16, len(work) // (4 * num_workers))))
     else:
-        pool = None
         results = map(run, work)
     try:
         for shard in pending:
@@ -202,11 +228,12 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
                 tasks[bounds[shard]:bounds[shard + 1]], results, spec,
                 skip_invalid, bar)
             _write_json(progress_path, done)
+    except BaseException:
+        if pool is not None:
+            _close_pool(num_workers)  # Its workers may still be busy with this split.
+        raise
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
 
     manifest = _manifest(split, done, num_shards, spec, skipped)
     if manifest["count"] == 0:
