@@ -198,10 +198,13 @@ def override(experiment: ExperimentConfig, assignments: list[str]) -> Experiment
     """Applies `section.field=value` assignments, e.g. `train.steps=100`.
 
     Values are Python literals (`(321, 321)`, `True`, `0.01`) or plain strings.
+    All assignments are applied before the result is validated, so fields that
+    must agree (model.num_classes and data.class_names) can change together.
 
     Raises:
       ValueError: an unknown section or field, naming it.
     """
+    values = experiment.to_dict()
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         if not sep:
@@ -210,24 +213,16 @@ def override(experiment: ExperimentConfig, assignments: list[str]) -> Experiment
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        if isinstance(value, list):
-            value = tuple(value)
         path = key.strip().split(".")
-        if len(path) == 1:
-            names = [f.name for f in dataclasses.fields(experiment)]
-            if path[0] not in names:
-                raise ValueError(f"Unknown experiment field {path[0]!r} in {assignment!r}.")
-            experiment = dataclasses.replace(experiment, **{path[0]: value})
-            continue
-        section_name, field = path
-        section = getattr(experiment, section_name, None)
-        if section is None or not dataclasses.is_dataclass(section):
-            raise ValueError(f"Unknown section {section_name!r} in {assignment!r}.")
-        if field not in {f.name for f in dataclasses.fields(section)}:
-            raise ValueError(f"Unknown field {field!r} of {section_name} in {assignment!r}.")
-        experiment = dataclasses.replace(
-            experiment, **{section_name: dataclasses.replace(section, **{field: value})})
-    return experiment
+        target = values
+        for part in path[:-1]:
+            if not isinstance(target.get(part), dict) or part == "paper_results":
+                raise ValueError(f"Unknown section {part!r} in {assignment!r}.")
+            target = target[part]
+        if path[-1] not in target:
+            raise ValueError(f"Unknown field {key.strip()!r} in {assignment!r}.")
+        target[path[-1]] = list(value) if isinstance(value, tuple) else value
+    return ExperimentConfig.from_dict(values)
 
 
 # ----------------------------------------------------------------------------

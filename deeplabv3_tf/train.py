@@ -18,6 +18,7 @@ step and returns.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -222,6 +223,7 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
       FloatingPointError: the loss became NaN or Inf; the last checkpoint is kept.
     """
     tc = experiment.train
+    _check_records(experiment)
     strategy = make_strategy(tc.strategy)
     set_precision(tc.precision)
     replicas = strategy.num_replicas_in_sync
@@ -315,6 +317,22 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
         tf.io.gfile.rmtree(write_dir)
     return TrainResult(model=model, step=step, model_dir=model_dir, preempted=preempted,
                        history=history, evaluation=evaluation)
+
+
+def _check_records(experiment: ExperimentConfig) -> None:
+    """Refuses records whose manifest gives another number of classes than the model's."""
+    pattern = experiment.data.train_records
+    prefix = os.path.basename(pattern).split("-")[0]
+    manifest_path = os.path.join(os.path.dirname(pattern), f"{prefix}.manifest.json")
+    if not prefix or "*" in prefix or not os.path.exists(manifest_path):
+        return
+    with open(manifest_path) as f:
+        num_classes = json.load(f)["num_classes"]
+    if num_classes != experiment.model.num_classes:
+        raise ValueError(
+            f"The training records have {num_classes} classes ({manifest_path}) but "
+            f"model.num_classes={experiment.model.num_classes}; pass --set "
+            f"model.num_classes={num_classes} and --set data.class_names=(...).")
 
 
 def _training_dataset(experiment: ExperimentConfig, start_index: int) -> tf.data.Dataset:

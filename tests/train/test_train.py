@@ -197,3 +197,23 @@ def test_jit_compiled_steps_match_plain_steps(records, tmp_path):
     assert [h["loss"] for h in jit.history] == pytest.approx(
         [h["loss"] for h in plain.history], rel=1e-3)
     assert jit.history[-1]["train_miou"] == pytest.approx(plain.history[-1]["train_miou"], rel=1e-2)
+
+
+def test_overrides_apply_together_and_name_unknown_fields():
+    experiment = override(tiny_voc(), ["model.num_classes=3",
+                                       "data.class_names=('bg', 'road', 'car')",
+                                       "data.crop_size=(33, 41)", "train.steps=7", "name=custom"])
+    assert experiment.model.num_classes == 3 and experiment.data.class_names == ("bg", "road", "car")
+    assert experiment.data.crop_size == (33, 41) and experiment.train.steps == 7
+    assert experiment.name == "custom"
+    with pytest.raises(ValueError, match="train.stepz"):
+        override(tiny_voc(), ["train.stepz=3"])
+    with pytest.raises(ValueError, match="class names"):
+        override(tiny_voc(), ["model.num_classes=3"])
+
+
+def test_records_with_other_class_count_are_refused(records, tmp_path):
+    experiment = override(_experiment(records, "train.steps=1", "data.val_records=''"),
+                          ["model.num_classes=3", "data.class_names=('a', 'b', 'c')"])
+    with pytest.raises(ValueError, match="21 classes.*train.manifest.json.*num_classes=3"):
+        train(experiment, str(tmp_path / "run"), **QUIET)
