@@ -7,11 +7,15 @@
   python tools/demo.py --model_only             # build R101, print its summary and cost only
 """
 
-from absl import app, flags
+import os
 
-from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.demo import run_model_demo
-from deeplabv3_tf.main_job import MainJobConfig, run_main_job
+# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) unless asked for.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+from deeplabv3_tf.demo import run_model_demo  # noqa: E402
+from deeplabv3_tf.main_job import MainJobConfig, run_main_job  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/demo", "Where the job writes everything.")
 flags.DEFINE_string("voc_dir", None, "A real VOCdevkit/VOC2012 instead of generated data.")
