@@ -20,8 +20,8 @@ import sys
 
 from absl import app, flags, logging
 
+from deeplabv3_tf.cli import run_reporting_errors
 from deeplabv3_tf.data import tfrecord_builders as builders
-from deeplabv3_tf.data.images import InvalidExampleError
 
 SOURCES = ("voc", "voc_aug", "coco", "cityscapes", "folder", "classification")
 
@@ -104,15 +104,13 @@ def main(argv):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     options = dict(num_workers=FLAGS.num_workers or None, num_shards=FLAGS.num_shards or None,
                    skip_invalid=FLAGS.skip_invalid, progress=FLAGS.progress)
-    try:
-        manifests = _build(argv[1], options)
-    except (InvalidExampleError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for split, manifest in manifests.items():
-        print(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
-              f"{manifest['num_skipped']} skipped -> {FLAGS.output_dir}")
-    return 0
+
+    def build_and_report():
+        for split, manifest in _build(argv[1], options).items():
+            print(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
+                  f"{manifest['num_skipped']} skipped -> {FLAGS.output_dir}")
+
+    return run_reporting_errors(build_and_report)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@
       --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip                    # one setting
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from deeplabv3_tf.cli import run_reporting_errors
 from deeplabv3_tf.evaluate import evaluate_run
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -26,14 +25,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     del argv
     scales = [float(s) for s in FLAGS.scales] if FLAGS.scales else None
-    try:
-        evaluate_run(FLAGS.model_dir, FLAGS.output_dir or f"{FLAGS.model_dir}/eval",
-                     records=FLAGS.records, output_stride=FLAGS.output_stride, scales=scales,
-                     flip=FLAGS.flip, checkpoint=FLAGS.checkpoint, progress=FLAGS.progress)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(lambda: evaluate_run(
+        FLAGS.model_dir, FLAGS.output_dir or f"{FLAGS.model_dir}/eval", records=FLAGS.records,
+        output_stride=FLAGS.output_stride, scales=scales, flip=FLAGS.flip,
+        checkpoint=FLAGS.checkpoint, progress=FLAGS.progress))
 
 
 if __name__ == "__main__":

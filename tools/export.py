@@ -7,10 +7,9 @@
 Writes EXPORT_DIR/<version>/ (next free integer by default).
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from deeplabv3_tf.cli import run_reporting_errors
 from deeplabv3_tf.export import DEFAULT_SCALES, ExportOptions, export_saved_model
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -31,14 +30,9 @@ def main(argv):
     options = ExportOptions(output_stride=FLAGS.output_stride,
                             scales=tuple(float(s) for s in FLAGS.scales), flip=FLAGS.flip,
                             with_probabilities=FLAGS.with_probabilities, max_side=FLAGS.max_side)
-    try:
-        path = export_saved_model(FLAGS.model_dir, FLAGS.export_dir, options,
-                                  version=FLAGS.version, checkpoint=FLAGS.checkpoint)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return run_reporting_errors(lambda: print(export_saved_model(
+        FLAGS.model_dir, FLAGS.export_dir, options, version=FLAGS.version,
+        checkpoint=FLAGS.checkpoint)))
 
 
 if __name__ == "__main__":

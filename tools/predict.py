@@ -4,10 +4,9 @@
   python tools/predict.py --source exports/deeplabv3/1 --output_dir out photos/
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from deeplabv3_tf.cli import run_reporting_errors
 from deeplabv3_tf.predict import predict_files
 
 flags.DEFINE_string("source", None, "Run directory or SavedModel version directory.", required=True)
@@ -22,13 +21,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:
         raise app.UsageError("Give image files or directories.")
-    try:
-        predict_files(FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
-                      tuple(float(s) for s in FLAGS.scales), FLAGS.flip)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(lambda: predict_files(
+        FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
+        tuple(float(s) for s in FLAGS.scales), FLAGS.flip))
 
 
 if __name__ == "__main__":

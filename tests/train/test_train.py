@@ -139,7 +139,7 @@ def test_killed_run_resumes_to_the_same_weights(records, tmp_path, kill_signal):
     resumed = subprocess.run(_train_cmd(records, run), cwd=ROOT, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from" in resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
     assert tf.train.latest_checkpoint(str(run)).endswith("ckpt-24")
     for a, b in zip(_final_weights(reference), _final_weights(run)):
         np.testing.assert_array_equal(a, b)

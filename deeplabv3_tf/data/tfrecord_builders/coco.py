@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import os
 
 import numpy as np
@@ -21,7 +20,7 @@ from pycocotools import mask as mask_utils
 
 from deeplabv3_tf.classes import IGNORE_LABEL, VOC_CLASSES
 from deeplabv3_tf.data.images import InvalidExampleError
-from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation
+from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation, read_json
 from deeplabv3_tf.data.tfrecord_builders.shards import (
     Filtered, SplitSpec, Task, write_split)
 
@@ -84,13 +83,7 @@ def coco_voc_label(annotations: tuple, height: int, width: int, source: str,
 
 def coco_tasks(annotations_path: str, images_dir: str) -> list[Task]:
     """One task per image that has at least one VOC-class annotation, by image id."""
-    if not os.path.exists(annotations_path):
-        raise FileNotFoundError(f"COCO annotations not found: {annotations_path}")
-    with open(annotations_path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{annotations_path}: not valid JSON ({e})") from None
+    data = read_json(annotations_path, "COCO annotations")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise ValueError(f"{annotations_path}: no {key!r} list; is it an instances file?")

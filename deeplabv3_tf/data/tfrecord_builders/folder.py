@@ -16,13 +16,13 @@ are stored as IGNORE_LABEL (255).
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 from deeplabv3_tf.classes import IGNORE_LABEL
 from deeplabv3_tf.data.images import read_color_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import (
-    check_num_classes, encode_segmentation, read_index_mask_with_ignore, read_split_list)
+    check_num_classes, encode_segmentation, read_index_mask_with_ignore, read_json,
+    read_split_list)
 from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
@@ -34,13 +34,7 @@ def read_palette(path: str) -> tuple[dict[tuple[int, int, int], int], list[str] 
     Raises:
       FileNotFoundError / ValueError: naming the file and the problem.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Palette file not found: {path}")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "Palette file")
     if isinstance(data, list):
         data = {"colors": data}
     colours = data.get("colors")

@@ -9,6 +9,7 @@ IGNORE_LABEL; the function raises `InvalidExampleError` for a bad mask and
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -56,6 +57,22 @@ def read_index_mask_with_ignore(path: str, num_classes: int, ignore_label: int) 
     if ignore_label != IGNORE_LABEL:
         label = np.where(label == ignore_label, IGNORE_LABEL, label).astype(np.int32)
     return label
+
+
+def read_json(path: str, what: str):
+    """Parses a JSON file; a missing or malformed file is an error naming it.
+
+    Args:
+      path: The file.
+      what: What the file is, for the message ("COCO annotations").
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_split_list(path: str) -> list[str]:
