@@ -95,6 +95,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
     """
     # Imported here: export imports this module's neighbours.
     from deeplabv3_tf.data import make_dataset
+    from deeplabv3_tf.data.pipeline import list_files
     from deeplabv3_tf.experiments import load_experiment
     from deeplabv3_tf.export import load_trained_model
     from deeplabv3_tf.report import draw_chart, write_csv_reports
@@ -113,11 +114,15 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
         settings = [(output_stride or experiment.model.output_stride,
                      tuple(scales or (1.0,)), bool(flip))]
     class_names = list(experiment.data.class_names)
-    count = sum(1 for _ in make_dataset(records, training=False))
-    results, summary = {}, {}
+    # For the progress bar: count records without decoding them.
+    count = int(tf.data.TFRecordDataset(list_files(records)).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+    results, summary, models = {}, {}, {}
     for os_, setting_scales, setting_flip in settings:
         name = f"os{os_}" + ("_ms" if len(setting_scales) > 1 else "") + ("_flip" if setting_flip else "")
-        model, _, prefix = load_trained_model(run_dir, os_, checkpoint)
+        if os_ not in models:
+            models[os_] = load_trained_model(run_dir, os_, checkpoint)
+        model, _, prefix = models[os_]
         log(f"{experiment.name} [{name}] {prefix}: output stride {os_}, scales "
             f"{list(setting_scales)}, flip {setting_flip}")
         result = evaluate_model(model, make_dataset(records, training=False),
