@@ -134,7 +134,11 @@ def initialize(model: keras.Model, init: str, log: Callable[[str], None]) -> Non
 
 def _check_same_experiment(saved: ExperimentConfig, experiment: ExperimentConfig,
                            model_dir: str) -> None:
-    if saved.model != experiment.model:
+    # sync_bn follows the replica count, which may change between restarts.
+    def graph(config):
+        return dataclasses.replace(config.model, sync_bn=False)
+
+    if graph(saved) != graph(experiment):
         raise ValueError(
             f"{model_dir} holds a run of another model ({os.path.join(model_dir, EXPERIMENT_FILE)}); "
             "choose another --model_dir.")

@@ -217,3 +217,12 @@ def test_records_with_other_class_count_are_refused(records, tmp_path):
                           ["model.num_classes=3", "data.class_names=('a', 'b', 'c')"])
     with pytest.raises(ValueError, match="21 classes.*train.manifest.json.*num_classes=3"):
         train(experiment, str(tmp_path / "run"), **QUIET)
+
+
+def test_resume_with_another_replica_count_is_allowed(records, tmp_path):
+    experiment = _experiment(records, "train.steps=1", "data.val_records=''",
+                             "data.crop_size=(49, 49)")
+    train(experiment, str(tmp_path / "run"), **QUIET)
+    # As if the first run had used several replicas (synchronised BN).
+    synced = override(experiment, ["train.steps=2", "train.sync_bn=True"])
+    assert train(synced, str(tmp_path / "run"), **QUIET).step == 2
