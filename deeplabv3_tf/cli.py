@@ -10,11 +10,16 @@ from typing import Callable
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
 
 
-def run_reporting_errors(fn: Callable[[], object]) -> int:
-    """Runs `fn`; returns 0, or prints `error: <message>` to stderr and returns 1."""
+def run_reporting_errors(fn: Callable[[], object], extra: tuple = ()) -> int:
+    """Runs `fn`; returns 0, or prints `error: <message>` to stderr and returns 1.
+
+    Args:
+      fn: The work.
+      extra: More exception types to report this way.
+    """
     try:
         fn()
-    except USER_ERRORS as e:
+    except USER_ERRORS + tuple(extra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

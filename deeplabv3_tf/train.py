@@ -80,7 +80,7 @@ class _TerminationFlag:
 def poly_schedule(train_config) -> keras.optimizers.schedules.LearningRateSchedule:
     """lr = base * (1 - step / steps) ** power (paper §4.1), after optional warm-up."""
     poly = keras.optimizers.schedules.PolynomialDecay(
-        train_config.learning_rate, decay_steps=train_config.steps,
+        train_config.learning_rate, decay_steps=max(train_config.steps, 1),
         end_learning_rate=0.0, power=train_config.lr_power)
     if not train_config.warmup_steps:
         return poly

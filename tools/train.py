@@ -13,6 +13,7 @@ import json
 import tensorflow as tf
 from absl import app, flags, logging
 
+from deeplabv3_tf.cli import run_reporting_errors
 from deeplabv3_tf.experiments import RECIPES, get_recipe, override
 from deeplabv3_tf.train import train
 
@@ -50,15 +51,21 @@ def main(argv):
         tf.config.experimental.enable_op_determinism()
     assignments = [f"{field}={getattr(FLAGS, name)!r}" for name, field in SHORTCUTS.items()
                    if getattr(FLAGS, name) is not None]
-    experiment = override(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
-    result = train(experiment, FLAGS.model_dir or f"runs/{experiment.name}",
-                   progress=FLAGS.progress)
-    summary = {"step": result.step, "model_dir": result.model_dir, "preempted": result.preempted}
-    if result.history:
-        summary["last_loss"] = result.history[-1]["loss"]
-    if result.evaluation:
-        summary["val_miou"] = result.evaluation["miou"]
-    print(json.dumps(summary))
+
+    def run():
+        experiment = override(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
+        result = train(experiment, FLAGS.model_dir or f"runs/{experiment.name}",
+                       progress=FLAGS.progress)
+        summary = {"step": result.step, "model_dir": result.model_dir,
+                   "preempted": result.preempted}
+        if result.history:
+            summary["last_loss"] = result.history[-1]["loss"]
+        if result.evaluation:
+            summary["val_miou"] = result.evaluation["miou"]
+        print(json.dumps(summary))
+
+    # A NaN loss is reported in one line too: its message names the step and checkpoint.
+    return run_reporting_errors(run, extra=(FloatingPointError,))
 
 
 if __name__ == "__main__":

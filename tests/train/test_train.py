@@ -226,3 +226,28 @@ def test_resume_with_another_replica_count_is_allowed(records, tmp_path):
     # As if the first run had used several replicas (synchronised BN).
     synced = override(experiment, ["train.steps=2", "train.sync_bn=True"])
     assert train(synced, str(tmp_path / "run"), **QUIET).step == 2
+
+
+def test_imagenet_h5_initialisation_through_train(records, tmp_path):
+    from deeplabv3_tf.config import keras_applications_compatible
+    from deeplabv3_tf.model import build_resnet
+    from tests.model.test_imagenet import randomize, write_keras2_h5
+
+    experiment = _experiment(records, "train.steps=0", "data.val_records=''")
+    model_config = keras_applications_compatible(experiment.model)
+    source = build_resnet(model_config)
+    randomize(source, seed=3)
+    h5 = str(tmp_path / "tiny_notop.h5")
+    write_keras2_h5(source, h5)
+    experiment = dataclasses.replace(experiment, model=model_config,
+                                     train=dataclasses.replace(experiment.train, init=h5))
+    messages = []
+    result = train(experiment, str(tmp_path / "run"), progress=False, log=messages.append)
+    assert any("ImageNet weights from" in m for m in messages)
+    np.testing.assert_array_equal(
+        result.model.get_layer("backbone").get_layer("conv3_block1_1_conv").kernel.numpy(),
+        source.get_layer("conv3_block1_1_conv").kernel.numpy())
+    missing = dataclasses.replace(experiment, train=dataclasses.replace(
+        experiment.train, init=str(tmp_path / "absent.h5")))
+    with pytest.raises(FileNotFoundError, match="absent.h5"):
+        train(missing, str(tmp_path / "other"), **QUIET)
