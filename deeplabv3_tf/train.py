@@ -12,7 +12,8 @@ the dynamic loss scale, the dropout RNG states, and the data position (the
 training stream is a pure function of the seed and the position
 step * global batch, see `data.pipeline.training_stream`). A killed run resumes
 by rerunning the same command; SIGTERM saves a checkpoint after the current
-step and returns.
+step and returns, on every worker of a cluster at the same step (the flag is
+all-reduced with the step's other results).
 """
 
 from __future__ import annotations
@@ -151,7 +152,11 @@ def _decayed(variables):
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     strategy: tf.distribute.Strategy, experiment: ExperimentConfig):
-    """The distributed training step: batch -> (global loss, confusion matrix).
+    """The distributed training step: (batch, stop) -> (global loss, confusion matrix, stop).
+
+    `stop` (float32 scalar, 1 when this process received SIGTERM) is summed
+    over every replica of every worker, so all workers learn at the same step
+    that one of them is being preempted, and all save and stop together.
 
     Each replica computes the gradient of its loss *sum*; it is divided by the
     normaliser summed over all replicas (non-ignored pixels, or examples), and
@@ -182,15 +187,17 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     if tc.jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def replica_step(batch):
+    def replica_step(batch, stop):
         grads, loss_sum, count, predictions = forward_backward(batch)
         # Outside the XLA-compiled part: the confusion matrix has dynamic shapes.
         if segmentation:
             matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
         else:
             matrix = tf.zeros([num_classes, num_classes], tf.int64)
+        # One collective carries both the loss normaliser and the stop flag.
         context = tf.distribute.get_replica_context()
-        total = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, count), 1.0)
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([count, stop]))
+        total = tf.maximum(reduced[0], 1.0)
         scale = optimizer.scale_loss(tf.constant(1.0))
         # Weight decay (d/dw of wd/2 |w|^2) is shared out over the replicas so
         # that the cross-replica sum adds it once.
@@ -198,13 +205,17 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                  if d else g / total
                  for g, v, d in zip(grads, model.trainable_variables, decayed)]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss_sum / total, matrix
+        return loss_sum / total, matrix, reduced[1]
 
     @tf.function
-    def train_step(batch):
-        losses, matrices = strategy.run(replica_step, args=(batch,))
+    def distributed_step(batch, stop):
+        losses, matrices, stops = strategy.run(replica_step, args=(batch, stop))
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, matrices, axis=None))
+                strategy.reduce(tf.distribute.ReduceOp.SUM, matrices, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.MEAN, stops, axis=None))
+
+    def train_step(batch, stop: bool = False):
+        return distributed_step(batch, tf.constant(1.0 if stop else 0.0))
 
     return train_step
 
@@ -283,7 +294,8 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
     with _TerminationFlag() as terminated:
         while step < end:
             batch = next(iterator)
-            loss, matrix = train_step(batch)
+            loss, matrix, stop = train_step(batch, terminated.raised)
+            stopping = float(stop) > 0
             step += 1
             step_var.assign(step)
             loss = float(loss)
@@ -304,15 +316,15 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if segmentation and tc.image_summary_every and step % tc.image_summary_every == 0:
                 _image_summary(writers, model, strategy, batch, step)
-            if step % tc.checkpoint_every == 0 or step == end or terminated.raised:
+            if step % tc.checkpoint_every == 0 or step == end or stopping:
                 manager.save(checkpoint_number=step)
             if (segmentation and tc.eval_every and step % tc.eval_every == 0
                     and experiment.data.val_records and step < end):
                 _evaluate(model, experiment, writers, step, log)
-            if terminated.raised:
+            if stopping:
                 preempted = True
-                log(f"SIGTERM: saved a checkpoint at step {step} in {write_dir}; "
-                    "rerun the same command to resume")
+                log(f"SIGTERM (here or on another worker): saved a checkpoint at step {step} "
+                    f"in {write_dir}; rerun the same command to resume")
                 break
     bar.close()
     if segmentation and experiment.data.val_records and not preempted and step == tc.steps:

@@ -6,10 +6,12 @@ case runs in its own Python process.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -51,7 +53,8 @@ ONE_STEP = textwrap.dedent("""
         step = make_train_step(model, optimizer, strategy, exp)
         batch = tf.data.Dataset.from_tensors({"image": images, "label": labels})
         batch = next(iter(strategy.experimental_distribute_dataset(batch)))
-        loss, matrix = step(batch)
+        loss, matrix, stop = step(batch)
+        assert float(stop) == 0.0
         results[name] = {"loss": float(loss), "matrix": matrix.numpy().tolist(),
                          "replicas": strategy.num_replicas_in_sync,
                          "weights": [w.numpy() for w in model.weights]}
@@ -91,13 +94,14 @@ MULTI_WORKER = textwrap.dedent("""
     import numpy as np
     from deeplabv3_tf.experiments import override, tiny_voc
     from deeplabv3_tf.train import train
+    steps = int(sys.argv[4])
     experiment = override(tiny_voc(), [
-        f"data.train_records={sys.argv[1]!r}", "data.val_records=''", "train.steps=3",
-        "train.batch_size=4", "train.checkpoint_every=3", "train.strategy='multi_worker'",
-        "data.crop_size=(49, 49)", "model.dropout_rate=0.0"])
+        f"data.train_records={sys.argv[1]!r}", "data.val_records=''", f"train.steps={steps}",
+        "train.batch_size=4", f"train.checkpoint_every={steps}", "train.log_every=1",
+        "train.strategy='multi_worker'", "data.crop_size=(49, 49)", "model.dropout_rate=0.0"])
     result = train(experiment, sys.argv[2], progress=False, log=lambda m: None)
     np.savez(sys.argv[3], *[w.numpy() for w in result.model.weights])
-    print("STEP", result.step)
+    print("STEP", result.step, "PREEMPTED", result.preempted)
 """)
 
 
@@ -111,7 +115,7 @@ def _free_ports(count):
     return ports
 
 
-def test_two_workers_train_and_agree(tmp_path):
+def _start_workers(tmp_path, steps):
     info = write_voc_dataset(str(tmp_path / "data"), num_train=8, num_val=1, with_sbd=False,
                              size_range=(50, 70))
     build_voc(info["voc_dir"], str(tmp_path / "records"), splits=("train",), progress=False,
@@ -124,17 +128,42 @@ def test_two_workers_train_and_agree(tmp_path):
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(
             [sys.executable, "-c", MULTI_WORKER, str(tmp_path / "records" / "train-*"),
-             str(tmp_path / "run"), str(tmp_path / f"w{index}.npz")],
+             str(tmp_path / "run"), str(tmp_path / f"w{index}.npz"), str(steps)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+def _finish(processes, tmp_path):
     outputs = [p.communicate(timeout=600) for p in processes]
     for p, (out, err) in zip(processes, outputs):
         assert p.returncode == 0, err[-3000:]
-        assert "STEP 3" in out
     first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert len(first.files) == len(second.files) > 50
     for key in first.files:
         np.testing.assert_array_equal(first[key], second[key])
+    return [out for out, _ in outputs]
+
+
+def test_two_workers_train_and_agree(tmp_path):
+    outputs = _finish(_start_workers(tmp_path, 3), tmp_path)
+    assert all("STEP 3 PREEMPTED False" in out for out in outputs)
     # The chief wrote the checkpoint and the experiment; the worker cleaned up.
     assert (tmp_path / "run" / "experiment.json").exists()
     assert list((tmp_path / "run").glob("ckpt-3.index"))
     assert not list((tmp_path / "run").glob(".worker-*"))
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path):
+    processes = _start_workers(tmp_path, 400)
+    events = tmp_path / "run" / "train"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (events.exists() and list(events.iterdir())):
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside the 400 steps
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = _finish(processes, tmp_path)
+    steps = {int(out.split("STEP ")[1].split()[0]) for out in outputs}
+    assert len(steps) == 1 and all("PREEMPTED True" in out for out in outputs)
+    (step,) = steps
+    assert 1 <= step < 400
+    assert list((tmp_path / "run").glob(f"ckpt-{step}.index"))
