@@ -95,7 +95,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
     """
     # Imported here: export imports this module's neighbours.
     from deeplabv3_tf.data import make_dataset
-    from deeplabv3_tf.data.pipeline import list_files
+    from deeplabv3_tf.data.pipeline import count_elements, list_files
     from deeplabv3_tf.experiments import load_experiment
     from deeplabv3_tf.export import load_trained_model
     from deeplabv3_tf.report import draw_chart, write_csv_reports
@@ -115,8 +115,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
                      tuple(scales or (1.0,)), bool(flip))]
     class_names = list(experiment.data.class_names)
     # For the progress bar: count records without decoding them.
-    count = int(tf.data.TFRecordDataset(list_files(records)).reduce(
-        tf.constant(0, tf.int64), lambda n, _: n + 1))
+    count = count_elements(tf.data.TFRecordDataset(list_files(records)))
     results, summary, models = {}, {}, {}
     for os_, setting_scales, setting_flip in settings:
         name = f"os{os_}" + ("_ms" if len(setting_scales) > 1 else "") + ("_flip" if setting_flip else "")

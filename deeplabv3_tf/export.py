@@ -129,30 +129,21 @@ class SegmentationModule(tf.Module):
         return outputs
 
     def _encoded(self, images):
-        def decode(data):
+        def segment(data):
             image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
                                        expand_animations=False)
             image.set_shape([None, None, 3])
-            return image
-
-        sizes = tf.map_fn(lambda data: tf.shape(decode(data))[:2], images,
-                          fn_output_signature=tf.int32)
-        sizes = tf.reshape(sizes, [-1, 2])
-        max_size = tf.reduce_max(tf.concat([sizes, tf.zeros([1, 2], tf.int32)], 0), axis=0)
-
-        def segment(data):
-            image = decode(data)
             mask = self._dense(image[None], (1.0,), False)["semantic"][0]
             png = tf.io.encode_png(tf.cast(mask, tf.uint8)[..., None])
-            size = tf.shape(mask)
-            padded = tf.pad(mask, [[0, max_size[0] - size[0]], [0, max_size[1] - size[1]]],
-                            constant_values=IGNORE_LABEL)
-            return padded, png
+            return tf.RaggedTensor.from_tensor(mask), png, tf.shape(mask)
 
-        semantic, pngs = tf.map_fn(
+        # Each image is decoded once; masks of different sizes come back ragged
+        # and are padded to the largest with the ignore label.
+        masks, pngs, sizes = tf.map_fn(
             segment, images, fn_output_signature=(
-                tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.string)))
-        return {"semantic": semantic, "height": sizes[:, 0], "width": sizes[:, 1],
+                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+                tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
+        return {"semantic": masks.to_tensor(default_value=IGNORE_LABEL), "height": sizes[:, 0], "width": sizes[:, 1],
                 "semantic_png_bytes": pngs}
 
     def _examples(self, examples):

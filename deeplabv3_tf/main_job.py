@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from deeplabv3_tf.classes import IGNORE_LABEL, VOC_CLASSES
+from deeplabv3_tf.classes import VOC_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +77,7 @@ def _served_predictions(export_path: str, voc_root: str, split_ids: list[str],
     import tensorflow as tf
     from PIL import Image
 
-    from deeplabv3_tf.metrics import iou_from_confusion
+    from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
 
     loaded = tf.saved_model.load(export_path)
     encoded_image = loaded.signatures["encoded_image"]
@@ -100,10 +100,8 @@ def _served_predictions(export_path: str, voc_root: str, split_ids: list[str],
             agree += int(np.sum(dense == served))
             total += served.size
             label = np.asarray(Image.open(
-                os.path.join(voc_root, "SegmentationClass", f"{example_id}.png"))).astype(np.int64)
-            valid = label != IGNORE_LABEL
-            matrix += np.bincount(len(VOC_CLASSES) * label[valid] + served[valid],
-                                  minlength=len(VOC_CLASSES) ** 2).reshape(matrix.shape)
+                os.path.join(voc_root, "SegmentationClass", f"{example_id}.png")))
+            matrix += confusion_matrix(label, served, len(VOC_CLASSES)).numpy()
     result = iou_from_confusion(matrix)
     log(f"  served {len(split_ids)} val images through encoded_image (batches of {batch}, "
         f"mixed sizes) and serving_default: masks agree on {100 * agree / total:.3f}% of pixels; "

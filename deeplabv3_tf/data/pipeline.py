@@ -27,6 +27,11 @@ def list_files(file_pattern) -> list[str]:
     return files
 
 
+def count_elements(dataset: tf.data.Dataset) -> int:
+    """Number of elements, by iterating (TFRecord datasets have unknown cardinality)."""
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
 def _read_records(file_pattern) -> tf.data.Dataset:
     """Every record once, in file order."""
     return tf.data.TFRecordDataset(list_files(file_pattern))
@@ -88,8 +93,7 @@ def training_stream(file_pattern, *, seed: int = 0, shuffle_buffer: int = 1024,
     files = list_files(file_pattern)
     first_epoch, offset = 0, 0
     if start_index:
-        epoch_size = int(_epoch(files, seed, 0, 1, repeat_record).reduce(
-            tf.constant(0, tf.int64), lambda n, _: n + 1))
+        epoch_size = count_elements(_epoch(files, seed, 0, 1, repeat_record))
         if epoch_size == 0:
             raise ValueError(f"No records in {file_pattern!r}.")
         first_epoch, offset = divmod(start_index, epoch_size)
