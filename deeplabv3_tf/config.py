@@ -28,7 +28,8 @@ STEMS = ("v0", "v1")
 
 # Input normalisations the model can apply to float pixels in [0, 255].
 #   caffe:    RGB->BGR, subtract the ImageNet BGR mean (keras.applications ResNets).
-#   imagenet: RGB, subtract mean and divide by std (torchvision, TF Model Garden).
+#   imagenet: RGB scaled to [0, 1], minus the ImageNet mean (0.485, 0.456, 0.406),
+#             divided by the std (0.229, 0.224, 0.225) (torchvision, TF Model Garden).
 #   inception: scale to [-1, 1].
 NORMALIZATIONS = ("caffe", "imagenet", "inception")
 
@@ -54,6 +55,10 @@ class ModelConfig:
       stride_in_1x1: Put a stage's stride on the first 1x1 conv of its first
         unit (keras.applications, original Caffe ResNet) instead of the 3x3
         conv (torchvision, TF Model Garden, "ResNet v1.5").
+      dilate_first_unit: Give the first unit of a dilated stage the stage's
+        atrous rate (research/deeplab, the paper). False keeps the previous
+        stage's rate in that unit, as torchvision's
+        `replace_stride_with_dilation`.
       num_cascade_blocks: 0 for the ASPP model; 3 adds block5..block7, copies
         of block4 with doubling rates (paper §3.2).
       use_aspp: Apply ASPP (paper §3.3). Without it, the logits come from a 1x1
@@ -62,7 +67,15 @@ class ModelConfig:
         scaled to the output stride ((12, 24, 36) at 8).
       aspp_filters: Filters of every ASPP branch and of its projection.
       image_pooling: Add the image-level feature branch to ASPP.
-      dropout_rate: Dropout before the logits (0.1 in research/deeplab).
+      dropout_rate: Dropout after the ASPP projection (0.1 in research/deeplab,
+        0.5 in torchvision).
+      head_filters: 0 for logits straight after the dropout (the paper,
+        research/deeplab); > 0 adds a 3x3 conv + BN + ReLU of this width
+        before the logits (torchvision's DeepLabHead: 256).
+      aux_head: Add torchvision's auxiliary FCN head on c4 (3x3 conv to a
+        quarter of c4's channels + BN + ReLU, dropout 0.1, 1x1 conv to the
+        classes). The model then has a second output used only by the
+        training loss (`train.aux_loss_weight`); inference ignores it.
       bn_momentum: BatchNorm moving-average decay (paper: 0.9997).
       bn_epsilon: BatchNorm epsilon.
       freeze_bn: Run every BatchNorm in inference mode with fixed parameters
@@ -79,12 +92,15 @@ class ModelConfig:
     multi_grid: tuple[int, ...] = (1, 2, 4)
     stem: str = "v0"
     stride_in_1x1: bool = False
+    dilate_first_unit: bool = True
     num_cascade_blocks: int = 0
     use_aspp: bool = True
     aspp_rates: tuple[int, int, int] | None = None
     aspp_filters: int = 256
     image_pooling: bool = True
     dropout_rate: float = 0.1
+    head_filters: int = 0
+    aux_head: bool = False
     bn_momentum: float = 0.9997
     bn_epsilon: float = 1e-5
     freeze_bn: bool = False
@@ -124,6 +140,11 @@ class ModelConfig:
         if self.aspp_rates is not None and len(self.aspp_rates) != 3:
             raise ValueError(
                 f"aspp_rates={self.aspp_rates} must hold three rates.")
+        if self.head_filters < 0:
+            raise ValueError(f"head_filters={self.head_filters} must be >= 0.")
+        if self.aux_head and self.num_cascade_blocks:
+            raise ValueError("aux_head sits on c4 of the ASPP model; it cannot be combined "
+                             f"with num_cascade_blocks={self.num_cascade_blocks}.")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(
                 f"dropout_rate={self.dropout_rate} must be in [0, 1).")
@@ -165,3 +186,30 @@ def keras_applications_compatible(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(
         config, stem="v0", stride_in_1x1=True, normalization="caffe",
         bn_epsilon=1.001e-5, base_width=64)
+
+
+def torchvision_backbone(config: ModelConfig) -> ModelConfig:
+    """The variant of `config` whose backbone torchvision's ResNet weights fit.
+
+    torchvision's ResNets are "v1.5" (stride on the 3x3 conv), take RGB in
+    [0, 1] normalised by the ImageNet mean and std, and use BN epsilon 1e-5.
+    The head and the dilation schedule are left as they are.
+    """
+    return dataclasses.replace(
+        config, stem="v0", stride_in_1x1=False, normalization="imagenet",
+        bn_epsilon=1e-5, base_width=64)
+
+
+def torchvision_deeplabv3(config: ModelConfig) -> ModelConfig:
+    """The variant of `config` that torchvision's DeepLabv3 weights fit.
+
+    On top of `torchvision_backbone`: dilation as `replace_stride_with_dilation`
+    (the first unit of a dilated stage keeps the previous rate; no
+    multi-grid), 256-filter ASPP with image pooling, dropout 0.5 after the
+    projection, and a 3x3 conv + BN + ReLU before the classifier.
+    """
+    return dataclasses.replace(
+        torchvision_backbone(config), dilate_first_unit=False,
+        multi_grid=(1,) * len(config.multi_grid), head_filters=256, dropout_rate=0.5,
+        aspp_filters=256, image_pooling=True, aspp_rates=None, use_aspp=True,
+        num_cascade_blocks=0)

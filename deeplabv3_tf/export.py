@@ -187,10 +187,14 @@ def load_trained_model(run_dir: str, output_stride: int | None = None,
     model = build_deeplabv3(trained_config)
     prefix = checkpoint or latest_checkpoint(run_dir)
     restore_model(model, prefix)
-    if output_stride and output_stride != trained_config.output_stride:
-        dilated = build_deeplabv3(dataclasses.replace(trained_config, output_stride=output_stride))
-        transfer_weights(model, dilated, skip_mismatched=(), log=lambda _: None)
-        model = dilated
+    other_stride = output_stride and output_stride != trained_config.output_stride
+    if other_stride or trained_config.aux_head:
+        # The inference graph: at the requested stride, without the auxiliary head.
+        inference = build_deeplabv3(
+            dataclasses.replace(trained_config, output_stride=output_stride or
+                                trained_config.output_stride), include_aux=False)
+        transfer_weights(model, inference, skip_mismatched=(), log=lambda _: None)
+        model = inference
     return model, experiment, prefix
 
 

@@ -32,14 +32,16 @@ import numpy as np
 import tensorflow as tf
 
 from deeplabv3_tf import data as data_lib
+from deeplabv3_tf.config import ModelConfig
 from deeplabv3_tf.distribute import is_chief, make_strategy, set_precision
 from deeplabv3_tf.evaluate import evaluate_model
 from deeplabv3_tf.experiments import (
     EXPERIMENT_FILE, ExperimentConfig, load_experiment, save_experiment)
 from deeplabv3_tf.losses import multilabel_loss_terms, segmentation_loss_terms
 from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
-from deeplabv3_tf.model import build_deeplabv3
+from deeplabv3_tf.model import AUX_LOGITS, LOGITS, build_deeplabv3
 from deeplabv3_tf.model.classifier import build_classifier
+from deeplabv3_tf.model.deeplabv3 import main_output
 from deeplabv3_tf.model.imagenet import load_imagenet_weights
 from deeplabv3_tf.model.transfer import initialize_from_run
 from deeplabv3_tf.progress import ProgressBar
@@ -117,8 +119,10 @@ def build_model(experiment: ExperimentConfig) -> keras.Model:
     return build_deeplabv3(experiment.model)
 
 
-def initialize(model: keras.Model, init: str, log: Callable[[str], None]) -> None:
-    """ImageNet `.h5` weights, or the latest checkpoint of another run."""
+def initialize(model: keras.Model, init: str, log: Callable[[str], None],
+               config: ModelConfig | None = None) -> None:
+    """ImageNet `.h5` weights, or the latest checkpoint of another run (`config`:
+    the model's, checked against the run's)."""
     if not init:
         log("init: random")
         return
@@ -130,7 +134,7 @@ def initialize(model: keras.Model, init: str, log: Callable[[str], None]) -> Non
         count = load_imagenet_weights(model, init)
         log(f"init: ImageNet weights from {init} ({count} backbone layers)")
         return
-    initialize_from_run(model, init, log=log)
+    initialize_from_run(model, init, log=log, target_config=config)
 
 
 def _check_same_experiment(saved: ExperimentConfig, experiment: ExperimentConfig,
@@ -174,8 +178,16 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
             if segmentation:
+                aux_outputs = None
+                if isinstance(outputs, dict):
+                    outputs, aux_outputs = outputs[LOGITS], outputs[AUX_LOGITS]
                 loss_sum, count = segmentation_loss_terms(
                     batch["label"], outputs, ignore_label, tc.class_weights)
+                if aux_outputs is not None:
+                    # Same pixels, same normaliser: the aux loss is a weighted extra term.
+                    aux_sum, _ = segmentation_loss_terms(
+                        batch["label"], aux_outputs, ignore_label, tc.class_weights)
+                    loss_sum += tc.aux_loss_weight * aux_sum
             else:
                 loss_sum, count = multilabel_loss_terms(batch["target"], outputs)
             scaled = optimizer.scale_loss(loss_sum)
@@ -269,7 +281,7 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log(f"resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
     else:
-        initialize(model, tc.init, log)
+        initialize(model, tc.init, log, experiment.model)
         if chief:
             save_experiment(experiment, model_dir)
     start = int(step_var.numpy())
@@ -315,12 +327,12 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
                 window[:] = 0
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if segmentation and tc.image_summary_every and step % tc.image_summary_every == 0:
-                _image_summary(writers, model, strategy, batch, step)
+                _image_summary(writers, main_output(model), strategy, batch, step)
             if step % tc.checkpoint_every == 0 or step == end or stopping:
                 manager.save(checkpoint_number=step)
             if (segmentation and tc.eval_every and step % tc.eval_every == 0
                     and experiment.data.val_records and step < end):
-                _evaluate(model, experiment, writers, step, log)
+                _evaluate(main_output(model), experiment, writers, step, log)
             if stopping:
                 preempted = True
                 log(f"SIGTERM (here or on another worker): saved a checkpoint at step {step} "
@@ -328,7 +340,7 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
                 break
     bar.close()
     if segmentation and experiment.data.val_records and not preempted and step == tc.steps:
-        evaluation = _evaluate(model, experiment, writers, step, log)
+        evaluation = _evaluate(main_output(model), experiment, writers, step, log)
     if not chief:
         tf.io.gfile.rmtree(write_dir)
     return TrainResult(model=model, step=step, model_dir=model_dir, preempted=preempted,

@@ -132,7 +132,10 @@ def stage_plan(config: ModelConfig) -> list[dict]:
     becomes 1 and the atrous rate is multiplied by it (paper §3.1). Every unit
     of a dilated stage uses the stage's rate; the last block (conv5) and every
     cascaded block multiply it by `config.multi_grid` (paper §3.2.1:
-    multi_grid (1, 2, 4) at output stride 16 gives rates (2, 4, 8)).
+    multi_grid (1, 2, 4) at output stride 16 gives rates (2, 4, 8)). With
+    `config.dilate_first_unit` False, the first unit of a stage keeps the
+    rate the previous stage ended with (torchvision: conv4 at output stride 8
+    runs rates (1, 2, 2, ...), conv5 (2, 4, 4)).
 
     Returns:
       One dict per stage: name ("conv2"..), endpoint ("c2"..), filters,
@@ -144,17 +147,20 @@ def stage_plan(config: ModelConfig) -> list[dict]:
     plan = []
     for i in range(num_stages):
         stride = STAGE_STRIDES[min(i, len(STAGE_STRIDES) - 1)]
+        previous_rate = rate
         if current_stride * stride > config.output_stride:
             rate *= stride
             stride = 1
         else:
             current_stride *= stride
         multi_grid = config.multi_grid if i >= len(config.blocks) - 1 else (1,) * units[i]
+        rates = [rate * m for m in multi_grid]
+        if not config.dilate_first_unit:
+            rates[0] = previous_rate * multi_grid[0]
         plan.append(dict(
             name=f"conv{i + 2}", endpoint=f"c{i + 2}",
             filters=config.base_width * 2 ** min(i, len(STAGE_STRIDES) - 1),
-            units=units[i], stride=stride,
-            rates=tuple(rate * m for m in multi_grid)))
+            units=units[i], stride=stride, rates=tuple(rates)))
     return plan
 
 

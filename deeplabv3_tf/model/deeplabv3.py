@@ -11,11 +11,15 @@ Layer names (the checkpoint contract; backbone names in `backbone.py`):
   aspp_concat
   aspp_project_{conv,bn,relu}       1x1 projection of the concatenation
   dropout
+  head_{conv,bn,relu}               3x3 conv before the logits (config.head_filters > 0)
   logits                            1x1 conv to num_classes, with bias (float32)
   logits_resize                     bilinear upsampling to the input size (float32)
+  aux_{conv,bn,relu}, aux_dropout, aux_logits, aux_logits_resize
+                                    auxiliary FCN head on c4 (config.aux_head)
 
-`logits` is the only layer whose shape depends on num_classes: it is the layer
-to skip when initialising from a checkpoint with another number of classes.
+`logits` and `aux_logits` are the only layers whose shapes depend on
+num_classes: they are skipped when initialising from a checkpoint with another
+number of classes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from deeplabv3_tf.model.backbone import BACKBONE_NAME, build_resnet, conv_bn
 from deeplabv3_tf.model.layers import ResizeLike
 
 LOGITS_LAYER = "logits"
+AUX_LOGITS_LAYER = "aux_logits"
+# Output keys of a model built with its auxiliary head.
+LOGITS, AUX_LOGITS = "logits", "aux_logits"
 
 
 def aspp(features, config: ModelConfig, name: str = "aspp"):
@@ -56,8 +63,25 @@ def aspp(features, config: ModelConfig, name: str = "aspp"):
     return conv_bn(x, filters, 1, config, f"{name}_project")
 
 
+def fcn_head(features, config: ModelConfig, name: str = "aux"):
+    """torchvision's FCNHead, the auxiliary classifier on c4.
+
+    Args:
+      features: float [B, h, w, C] (c4).
+      config: Model config (classes, BN settings).
+      name: Layer-name prefix.
+
+    Returns:
+      float32 logits [B, h, w, num_classes].
+    """
+    x = conv_bn(features, features.shape[-1] // 4, 3, config, name)
+    x = keras.layers.Dropout(0.1, name=f"{name}_dropout")(x)
+    return keras.layers.Conv2D(config.num_classes, 1, name=AUX_LOGITS_LAYER,
+                               dtype="float32")(x)
+
+
 def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
-                    name: str = "deeplabv3") -> keras.Model:
+                    name: str = "deeplabv3", include_aux: bool | None = None) -> keras.Model:
     """Builds DeepLabv3 (or its cascade variant) as a functional Keras model.
 
     Args:
@@ -66,10 +90,13 @@ def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
         stride load into a model built at another.
       input_shape: Shape of one image, [H, W, 3]; H and W may be None.
       name: Model name.
+      include_aux: Build the auxiliary head (default: `config.aux_head`).
+        Inference builds without it; weights still move by layer name.
 
     Returns:
       A `keras.Model` mapping float RGB images [B, H, W, 3] with values in
-      [0, 255] (any H, W) to float32 logits [B, H, W, num_classes].
+      [0, 255] (any H, W) to float32 logits [B, H, W, num_classes]; with the
+      auxiliary head, to a dict {LOGITS: ..., AUX_LOGITS: ...} of such logits.
 
     Example:
       >>> cfg = ModelConfig(depth=14, base_width=8, multi_grid=(1,),
@@ -84,8 +111,24 @@ def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
     if config.use_aspp:
         features = aspp(features, config)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(features)
+    if config.head_filters:
+        x = conv_bn(x, config.head_filters, 3, config, "head")
     # float32: the softmax/cross-entropy on these logits needs full precision.
     logits = keras.layers.Conv2D(config.num_classes, 1, name=LOGITS_LAYER,
                                  dtype="float32")(x)
     logits = ResizeLike(name="logits_resize")([logits, images])
+    if config.aux_head if include_aux is None else include_aux:
+        if not config.aux_head:
+            raise ValueError("include_aux=True needs a config with aux_head=True.")
+        aux = fcn_head(endpoints["c4"], config)
+        aux = ResizeLike(name="aux_logits_resize")([aux, images])
+        return keras.Model(images, {LOGITS: logits, AUX_LOGITS: aux}, name=name)
     return keras.Model(images, logits, name=name)
+
+
+def main_output(model: keras.Model) -> keras.Model:
+    """`model` itself, or, when it has an auxiliary head, the view of it that
+    returns only the main logits (same layers and variables)."""
+    if isinstance(model.output, dict):
+        return keras.Model(model.input, model.output[LOGITS], name=model.name)
+    return model

@@ -12,9 +12,12 @@ import tensorflow as tf
 
 from deeplabv3_tf.config import NORMALIZATIONS
 
-# ImageNet statistics in RGB order, pixels in [0, 255].
+# The ImageNet mean of the Caffe ResNets (keras.applications), RGB order,
+# pixels in [0, 255]. Also the value padded images are filled with.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
-IMAGENET_STD_RGB = (58.393, 57.12, 57.375)
+# torchvision's and TF Model Garden's statistics, RGB order, pixels in [0, 1].
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="deeplabv3_tf")
@@ -27,7 +30,8 @@ class InputNormalization(keras.layers.Layer):
     Args:
       mode: One of `deeplabv3_tf.config.NORMALIZATIONS`:
         "caffe" flips RGB to BGR and subtracts the BGR mean (keras.applications
-        ResNets); "imagenet" subtracts the RGB mean and divides by the std;
+        ResNets); "imagenet" scales to [0, 1], subtracts the RGB mean and
+        divides by the std, in that order (torchvision's ToTensor + Normalize);
         "inception" scales to [-1, 1].
 
     Input: float [B, H, W, 3] RGB in [0, 255]. Output: float32 [B, H, W, 3].
@@ -45,8 +49,8 @@ class InputNormalization(keras.layers.Layer):
         if self.mode == "caffe":
             return images[..., ::-1] - tf.constant(IMAGENET_MEAN_RGB[::-1])
         if self.mode == "imagenet":
-            return ((images - tf.constant(IMAGENET_MEAN_RGB))
-                    / tf.constant(IMAGENET_STD_RGB))
+            return ((images / 255.0 - tf.constant(TORCHVISION_MEAN_RGB))
+                    / tf.constant(TORCHVISION_STD_RGB))
         return images / 127.5 - 1.0
 
     def compute_output_shape(self, input_shape):

@@ -15,22 +15,24 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from deeplabv3_tf.config import ModelConfig
 from deeplabv3_tf.model.backbone import BACKBONE_NAME
-from deeplabv3_tf.model.deeplabv3 import LOGITS_LAYER
+from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS_LAYER, LOGITS_LAYER
 
 
-def _flat_layers(model: keras.Model, prefix: str = "") -> dict[str, keras.layers.Layer]:
+def flat_layers(model: keras.Model, prefix: str = "") -> dict[str, keras.layers.Layer]:
+    """Layers that hold weights, by path ("backbone/conv1_conv", "logits"), in build order."""
     layers = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            layers.update(_flat_layers(layer, f"{prefix}{layer.name}/"))
+            layers.update(flat_layers(layer, f"{prefix}{layer.name}/"))
         elif layer.weights:
             layers[f"{prefix}{layer.name}"] = layer
     return layers
 
 
 def transfer_weights(source: keras.Model, target: keras.Model,
-                     skip_mismatched: tuple[str, ...] = (LOGITS_LAYER,),
+                     skip_mismatched: tuple[str, ...] = (LOGITS_LAYER, AUX_LOGITS_LAYER),
                      log: Callable[[str], None] = print) -> int:
     """Copies weights of layers with the same name and shapes.
 
@@ -45,9 +47,9 @@ def transfer_weights(source: keras.Model, target: keras.Model,
     Raises:
       ValueError: a shape mismatch in a layer not in `skip_mismatched`.
     """
-    source_layers = _flat_layers(source)
+    source_layers = flat_layers(source)
     copied = 0
-    for name, layer in _flat_layers(target).items():
+    for name, layer in flat_layers(target).items():
         other = source_layers.get(name)
         if other is None:
             continue
@@ -84,9 +86,35 @@ def restore_model(model: keras.Model, prefix: str) -> None:
     status.assert_existing_objects_matched().expect_partial()
 
 
+# Config fields that decide what backbone weights mean: weights of a run with
+# other values have the same shapes but would be read wrongly.
+WEIGHT_SEMANTICS = ("depth", "base_width", "stem", "stride_in_1x1", "normalization")
+
+
+def check_compatible(source: ModelConfig, target: ModelConfig, source_name: str) -> None:
+    """Raises ValueError naming the fields where `target` would misread `source`'s weights."""
+    differ = [f for f in WEIGHT_SEMANTICS if getattr(source, f) != getattr(target, f)]
+    if differ:
+        fix = " ".join(f"model.{f}={getattr(source, f)!r}" for f in differ)
+        raise ValueError(
+            f"{source_name} was trained with "
+            + ", ".join(f"{f}={getattr(source, f)!r}" for f in differ)
+            + "; the model has " + ", ".join(f"{f}={getattr(target, f)!r}" for f in differ)
+            + f". Its weights would be misread: set {fix} (--set), or use a recipe "
+            "made for these weights.")
+
+
 def initialize_from_run(target: keras.Model, path: str,
-                        log: Callable[[str], None] = print) -> int:
+                        log: Callable[[str], None] = print,
+                        target_config: ModelConfig | None = None) -> int:
     """Initialises `target` from the latest checkpoint of a DeepLab or classification run.
+
+    Args:
+      target: The model to fill.
+      path: A run directory or checkpoint prefix.
+      log: Where messages go.
+      target_config: `target`'s config; when given, a source whose backbone
+        weights mean something else (`WEIGHT_SEMANTICS`) is refused.
 
     Returns:
       Number of layers copied.
@@ -98,6 +126,8 @@ def initialize_from_run(target: keras.Model, path: str,
 
     prefix = latest_checkpoint(path)
     experiment = load_experiment(os.path.dirname(prefix))
+    if target_config is not None:
+        check_compatible(experiment.model, target_config, f"init {path}")
     builder = build_classifier if experiment.task == "classification" else build_deeplabv3
     source = builder(experiment.model)
     restore_model(source, prefix)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import keras
@@ -56,6 +57,16 @@ def test_multi_grid_rates_follow_paper():
     assert plan8["conv5"]["rates"] == (4, 8, 16)
     plan32 = {s["name"]: s for s in stage_plan(ModelConfig(output_stride=32))}
     assert plan32["conv5"]["rates"] == (1, 2, 4)
+
+
+def test_torchvision_dilation_schedule_keeps_the_previous_rate_in_first_units():
+    # replace_stride_with_dilation=[False, True, True] (torchvision's DeepLabv3 at OS8).
+    config = ModelConfig(output_stride=8, multi_grid=(1, 1, 1), dilate_first_unit=False)
+    plan = {s["name"]: s for s in stage_plan(config)}
+    assert plan["conv4"]["rates"] == (1,) + (2,) * 22
+    assert plan["conv5"]["rates"] == (2, 4, 4)
+    plan16 = {s["name"]: s for s in stage_plan(dataclasses.replace(config, output_stride=16))}
+    assert plan16["conv4"]["rates"] == (1,) * 23 and plan16["conv5"]["rates"] == (1, 2, 2)
 
 
 def test_built_layers_use_planned_dilation():

@@ -164,3 +164,31 @@ def test_head_layer_names():
                      "logits", "logits_resize"]:
         assert expected in names
     assert names[-1] == "logits_resize"
+
+
+def test_torchvision_head_and_aux_head_layers():
+    from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, main_output
+
+    config = tiny_config(head_filters=12, aux_head=True, dropout_rate=0.5)
+    model = build_deeplabv3(config)
+    outputs = model(np.zeros((2, 97, 131, 3), np.float32))
+    assert outputs[LOGITS].shape == outputs[AUX_LOGITS].shape == (2, 97, 131, 5)
+    assert model.get_layer("head_conv").kernel.shape == (3, 3, 16, 12)
+    assert model.get_layer("logits").kernel.shape == (1, 1, 12, 5)
+    # FCNHead: a quarter of c4's channels (16 * base_width = 128 -> 32).
+    assert model.get_layer("aux_conv").kernel.shape == (3, 3, 128, 32)
+    assert model.get_layer("aux_dropout").rate == 0.1
+    inference = main_output(model)
+    assert inference(np.zeros((1, 33, 33, 3), np.float32)).shape == (1, 33, 33, 5)
+    assert "aux_conv" not in [l.name for l in build_deeplabv3(config, include_aux=False).layers]
+    with pytest.raises(ValueError, match="aux_head=True"):
+        build_deeplabv3(tiny_config(), include_aux=True)
+
+
+def test_imagenet_normalization_is_torchvisions():
+    from deeplabv3_tf.model.layers import InputNormalization
+
+    pixels = np.array([[[[0.0, 127.0, 255.0]]]], np.float32)
+    expected = (pixels / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(InputNormalization("imagenet")(pixels).numpy(), expected,
+                               rtol=1e-6)

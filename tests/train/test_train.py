@@ -251,3 +251,24 @@ def test_imagenet_h5_initialisation_through_train(records, tmp_path):
         experiment.train, init=str(tmp_path / "absent.h5")))
     with pytest.raises(FileNotFoundError, match="absent.h5"):
         train(missing, str(tmp_path / "other"), **QUIET)
+
+
+def test_aux_head_adds_its_loss_and_trains(records, tmp_path):
+    """With model.aux_head the loss is main + aux_loss_weight * aux; evaluation and
+    export use the main logits only."""
+    from deeplabv3_tf.export import load_trained_model
+
+    steps = ["train.steps=2", "train.eval_every=0", "train.checkpoint_every=2",
+             "train.log_every=1", "model.aux_head=True", "train.learning_rate=0.0",
+             "train.weight_decay=0.0"]
+    losses = {}
+    for weight in (0.0, 1.0):
+        result = train(_experiment(records, *steps, f"train.aux_loss_weight={weight}",
+                                   "train.seed=3"),
+                       str(tmp_path / f"w{weight}"), **QUIET)
+        losses[weight] = result.history[0]["loss"]
+    # The same weights and batch (lr 0): the aux term adds a cross-entropy (> 0.1 at init).
+    assert losses[1.0] > losses[0.0] + 0.1
+    model, experiment, _ = load_trained_model(str(tmp_path / "w1.0"))
+    assert experiment.model.aux_head
+    assert model(np.zeros((1, 65, 65, 3), np.float32)).shape == (1, 65, 65, 21)
