@@ -81,6 +81,9 @@ class ModelConfig:
       freeze_bn: Run every BatchNorm in inference mode with fixed parameters
         (the paper's fine-tuning stage at output stride 8).
       sync_bn: Synchronise BatchNorm statistics across replicas.
+      fold_bn: Inference graph with every BatchNorm folded into the conv
+        before it (convs get a bias, no BN layers): `model.fold.fold_batch_norm`
+        builds it from a trained model. Not trainable.
       normalization: Input normalisation applied inside the model; must be the
         one the initial weights were trained with (see `NORMALIZATIONS`).
     """
@@ -105,6 +108,7 @@ class ModelConfig:
     bn_epsilon: float = 1e-5
     freeze_bn: bool = False
     sync_bn: bool = False
+    fold_bn: bool = False
     normalization: str = "caffe"
 
     def __post_init__(self):

