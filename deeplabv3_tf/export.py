@@ -18,7 +18,7 @@ preprocessing, model and post-processing. Signatures:
                     image/encoded) -> as encoded_image
   metadata          unused int32 [] -> class_names string [C], palette int32
                     [C, 3], num_classes, ignore_label, output_stride,
-                    training_output_stride, scales, flip, max_side (TF Serving
+                    training_output_stride, scales, flip, max_side, precision (TF Serving
                     rejects signatures without inputs, hence `unused`)
 
 Class names and the palette also travel as assets (assets/class_names.txt,
@@ -44,6 +44,7 @@ from deeplabv3_tf.data import schema
 from deeplabv3_tf.experiments import ExperimentConfig, load_experiment
 from deeplabv3_tf.inference import predict_probabilities
 from deeplabv3_tf.model import build_deeplabv3
+from deeplabv3_tf.model.fold import PRECISIONS, fold_batch_norm
 from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model, transfer_weights
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -64,6 +65,11 @@ class ExportOptions:
         above gRPC's default 4 MB message limit).
       max_side: Resize images whose longest side exceeds this inside the graph
         (masks still come back at the original size); 0 = never.
+      fold_batch_norm: Fold every BatchNorm into its conv (`model.fold`):
+        the same function, ~10% faster on CPU.
+      precision: "float32", or "bfloat16" for CPUs with AVX512_BF16 or AMX
+        (about twice as fast; masks agree with float32 on >= 99.5% of
+        pixels). Probabilities stay float32 either way.
     """
 
     output_stride: int | None = None
@@ -71,6 +77,15 @@ class ExportOptions:
     flip: bool = True
     with_probabilities: bool = False
     max_side: int = 0
+    fold_batch_norm: bool = True
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}.")
+        if self.precision != "float32" and not self.fold_batch_norm:
+            raise ValueError("precision='bfloat16' exports the folded graph; "
+                             "leave fold_batch_norm on.")
 
 
 class SegmentationModule(tf.Module):
@@ -163,6 +178,7 @@ class SegmentationModule(tf.Module):
             "scales": tf.constant(list(self.options.scales), tf.float32),
             "flip": tf.constant(self.options.flip),
             "max_side": tf.constant(self.options.max_side),
+            "precision": tf.constant(self.options.precision),
         }
 
 
@@ -243,6 +259,10 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
       The version directory.
     """
     model, experiment, prefix = load_trained_model(run_dir, options.output_stride, checkpoint)
+    if options.fold_batch_norm:
+        config = dataclasses.replace(experiment.model, sync_bn=False, output_stride=(
+            options.output_stride or experiment.model.output_stride))
+        model = fold_batch_norm(model, config, options.precision)
     version = version or next_version(export_dir)
     if version < 1:
         raise ValueError(f"version={version}: TF Serving versions are positive integers.")

@@ -209,3 +209,25 @@ def test_versions_output_stride_and_max_side(trained_run, exported):
     _agree(out["semantic"].numpy(), expected.numpy().argmax(-1), minimum=0.995)
     with pytest.raises(FileExistsError):
         export_saved_model(trained_run["run_dir"], export_dir, version=1, log=lambda _: None)
+
+
+def test_bfloat16_export_agrees_with_float32_on_val_images(trained_run, tmp_path):
+    """--precision bfloat16: masks of the generated val images agree with float32."""
+    path = export_saved_model(trained_run["run_dir"], str(tmp_path),
+                              ExportOptions(precision="bfloat16"), log=lambda _: None)
+    loaded = tf.saved_model.load(path)
+    assert loaded.signatures["metadata"](unused=tf.constant(0))["precision"].numpy() == b"bfloat16"
+    model, _, _ = load_trained_model(trained_run["run_dir"])
+    jpegs = [open(os.path.join(trained_run["voc_dir"], "JPEGImages", f"{i}.jpg"), "rb").read()
+             for i in trained_run["val_ids"]]
+    served = loaded.signatures["encoded_image"](images=tf.constant(jpegs))
+    agree = total = 0
+    for k, data in enumerate(jpegs):
+        image = tf.io.decode_jpeg(data)
+        h, w = image.shape[:2]
+        expected = model(tf.cast(image, tf.float32)[None], training=False).numpy().argmax(-1)[0]
+        agree += np.sum(served["semantic"].numpy()[k, :h, :w] == expected)
+        total += h * w
+    assert agree / total >= 0.995
+    with pytest.raises(ValueError, match="precision"):
+        ExportOptions(precision="float16")

@@ -2,7 +2,7 @@
 
   python tools/export.py --model_dir runs/voc_r101_os16 --export_dir exports/deeplabv3 \\
       [--output_stride 8] [--scales 0.5,0.75,1,1.25,1.5,1.75] [--noflip] \\
-      [--with_probabilities] [--max_side 1024] [--version 3]
+      [--with_probabilities] [--max_side 1024] [--precision bfloat16] [--version 3]
 
 Writes EXPORT_DIR/<version>/ (next free integer by default).
 """
@@ -21,6 +21,9 @@ flags.DEFINE_list("scales", [str(s) for s in DEFAULT_SCALES], "Scales of multisc
 flags.DEFINE_bool("flip", True, "Left-right flip in multiscale_flip.")
 flags.DEFINE_bool("with_probabilities", False, "Also output per-class probabilities.")
 flags.DEFINE_integer("max_side", 0, "Resize larger images to this longest side in the graph (0: never).")
+flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, faster).")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Compute precision of the exported convs (bfloat16: CPUs with AVX512_BF16/AMX).")
 FLAGS = flags.FLAGS
 
 
@@ -29,7 +32,8 @@ def main(argv):
     del argv
     options = ExportOptions(output_stride=FLAGS.output_stride,
                             scales=tuple(float(s) for s in FLAGS.scales), flip=FLAGS.flip,
-                            with_probabilities=FLAGS.with_probabilities, max_side=FLAGS.max_side)
+                            with_probabilities=FLAGS.with_probabilities, max_side=FLAGS.max_side,
+                            fold_batch_norm=FLAGS.fold_batch_norm, precision=FLAGS.precision)
     return run_reporting_errors(lambda: print(export_saved_model(
         FLAGS.model_dir, FLAGS.export_dir, options, version=FLAGS.version,
         checkpoint=FLAGS.checkpoint)))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 
 from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.model.layers import AtrousConv2D, InputNormalization
+from deeplabv3_tf.model.layers import AtrousConv2D, FusedBatchNormalization, InputNormalization
 
 BACKBONE_NAME = "backbone"
 # Nominal stride of each stage; stages past config.output_stride dilate instead.
@@ -41,7 +41,7 @@ STEM_STRIDE = 4
 
 def batch_norm(x, config: ModelConfig, name: str):
     """BatchNormalization with the config's decay, epsilon, sync and freeze."""
-    layer = keras.layers.BatchNormalization(
+    layer = FusedBatchNormalization(
         momentum=config.bn_momentum, epsilon=config.bn_epsilon,
         synchronized=config.sync_bn, name=name)
     if config.freeze_bn:
