@@ -34,5 +34,16 @@ def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> floa
 
 
 def peak_rss_mib() -> float:
-    """Maximum resident set size of this process so far, MiB."""
+    """Maximum resident set size of this process so far, MiB.
+
+    VmHWM from /proc: unlike getrusage's ru_maxrss, which Linux carries over
+    from the parent at fork and keeps across exec, it is this program's own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -59,7 +59,7 @@ def test_evaluate_run_protocol_and_reports(trained_run, tmp_path):
     with open(tmp_path / "os16_per_class_iou.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["class_id", "class", "iou", "ground_truth_pixels", "predicted_pixels"]
-    assert rows[-1][1] == "mean" and float(rows[-1][2]) == pytest.approx(results["os16"]["miou"])
+    assert rows[-1][1] == "mean" and float(rows[-1][2]) == pytest.approx(results["os16"]["miou"], abs=1e-6)
     with open(tmp_path / "os16_confusion_matrix.csv") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 22 and rows[16][0] == "person"

@@ -91,25 +91,55 @@ class ResizeLike(keras.layers.Layer):
 
 
 @functools.cache
-def native_dilated_conv_supported() -> bool:
-    """Whether this TensorFlow runs dilated Conv2D and its gradients natively on CPU.
+def native_dilated_conv_supported(dtype: str = "float32") -> bool:
+    """Whether dilated Conv2D and its gradients run natively in `dtype` here.
 
-    oneDNN (on by default in x86-64 Linux builds) does; TensorFlow's own CPU
-    kernels reject dilation in the backward pass ("Current CPU implementations
-    do not yet support dilation rates larger than 1"), e.g. with
-    TF_ENABLE_ONEDNN_OPTS=0. Probed once with a tiny gradient computation.
+    cuDNN does, in every dtype. On CPU, oneDNN (on by default in x86-64 Linux
+    builds) does in float32 and bfloat16; TensorFlow's own CPU kernels, which
+    also serve float16 on CPU, reject dilation in the backward pass ("Current
+    CPU implementations do not yet support dilation rates larger than 1").
+    Probed once per dtype with a tiny gradient computation on the CPU.
     """
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    # The backward ops are called directly: init_scope (eager even while a
+    # tf.function is traced) does not record gradients.
     with tf.init_scope(), tf.device("/cpu:0"):
-        x = tf.ones((1, 5, 5, 1))
-        kernel = tf.ones((3, 3, 1, 1))
+        x = tf.ones((1, 5, 5, 1), dtype)
+        kernel = tf.ones((3, 3, 1, 1), dtype)
+        options = dict(strides=[1, 1, 1, 1], padding="SAME", dilations=[1, 2, 2, 1])
         try:
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                y = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)
-            tape.gradient(y, [x, kernel])
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            y = tf.raw_ops.Conv2D(input=x, filter=kernel, **options)
+            tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=kernel,
+                                           out_backprop=y, **options)
+            tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[3, 3, 1, 1],
+                                            out_backprop=y, **options)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                tf.errors.NotFoundError):
             return False
     return True
+
+
+@tf.custom_gradient
+def _conv1x1_matmul_gradients(inputs, kernel):
+    """A 1x1 conv whose gradients are computed as two matmuls.
+
+    [B, H, W, C] x [1, 1, C, O]: dx = dy @ k^T, dk = x^T @ dy over the B*H*W
+    positions. oneDNN's convolution filter gradient runs 1x1 convs at ~60% of
+    its matmul speed on large feature maps (R101 training: 6-9% faster steps).
+    """
+    outputs = tf.nn.conv2d(inputs, kernel, 1, "VALID")
+
+    def gradients(upstream):
+        channels, filters = kernel.shape[2], kernel.shape[3]
+        flat_x = tf.reshape(inputs, [-1, channels])
+        flat_dy = tf.reshape(tf.cast(upstream, inputs.dtype), [-1, filters])
+        matrix = kernel[0, 0]
+        d_inputs = tf.reshape(tf.matmul(flat_dy, matrix, transpose_b=True), tf.shape(inputs))
+        d_kernel = tf.matmul(flat_x, flat_dy, transpose_a=True)[None, None]
+        return d_inputs, d_kernel
+
+    return outputs, gradients
 
 
 @keras.saving.register_keras_serializable(package="deeplabv3_tf")
@@ -130,16 +160,26 @@ class AtrousConv2D(keras.layers.Conv2D):
     falls back to Keras' lowering.
     """
 
+    def call(self, inputs, training=None):
+        # Read by convolution_op: in training, 1x1 convs take their gradients as matmuls.
+        self._in_training = bool(training)
+        return super().call(inputs)
+
     def convolution_op(self, inputs, kernel):
         if self.data_format != "channels_last":
             return super().convolution_op(inputs, kernel)
-        if self.kernel_size == (1, 1) and max(self.strides) > 1:
+        if self.kernel_size == (1, 1):
             # A strided 1x1 conv is a 1x1 conv of the subsampled input. oneDNN's
             # filter gradient of the strided form runs at a quarter of the speed.
             sh, sw = self.strides
-            return tf.nn.conv2d(inputs[:, ::sh, ::sw, :], tf.cast(kernel, inputs.dtype), 1,
-                                "VALID")
-        if max(self.dilation_rate) == 1 or not native_dilated_conv_supported():
+            if max(self.strides) > 1:
+                inputs = inputs[:, ::sh, ::sw, :]
+            kernel = tf.cast(kernel, inputs.dtype)
+            if getattr(self, "_in_training", False):
+                return _conv1x1_matmul_gradients(inputs, kernel)
+            return tf.nn.conv2d(inputs, kernel, 1, "VALID")
+        if (max(self.dilation_rate) == 1
+                or not native_dilated_conv_supported(tf.as_dtype(inputs.dtype).name)):
             return super().convolution_op(inputs, kernel)
         return tf.nn.conv2d(inputs, tf.cast(kernel, inputs.dtype), strides=self.strides,
                             padding=self.padding.upper(), dilations=self.dilation_rate)

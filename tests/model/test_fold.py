@@ -32,10 +32,11 @@ def _value_and_grads(layer, x, **call):
 @pytest.mark.parametrize("kernel,strides,rate,padding", [
     (3, 1, 1, "same"), (3, 1, 2, "same"), (3, 1, 5, "same"), (1, 2, 1, "valid"),
     (3, 2, 1, "valid")])
-@pytest.mark.parametrize("native", [True, False])
-def test_atrous_conv_equals_keras_conv(kernel, strides, rate, padding, native, monkeypatch):
+@pytest.mark.parametrize("native,training", [(True, False), (True, True), (False, False)])
+def test_atrous_conv_equals_keras_conv(kernel, strides, rate, padding, native, training,
+                                       monkeypatch):
     if not native:  # TensorFlow without oneDNN: Keras' own lowering
-        monkeypatch.setattr(layers, "native_dilated_conv_supported", lambda: False)
+        monkeypatch.setattr(layers, "native_dilated_conv_supported", lambda dtype: False)
     x = np.random.default_rng(0).normal(size=(2, 13, 11, 6)).astype(np.float32)
     args = dict(filters=5, kernel_size=kernel, strides=strides, dilation_rate=rate,
                 padding=padding)
@@ -44,7 +45,8 @@ def test_atrous_conv_equals_keras_conv(kernel, strides, rate, padding, native, m
     ours.build(x.shape)
     ours.set_weights(reference.get_weights())
     y_ref, g_ref = _value_and_grads(reference, x)
-    y, g = _value_and_grads(ours, x)
+    # training=True: 1x1 convs take their gradients as matmuls.
+    y, g = _value_and_grads(ours, x, training=training)
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g, g_ref):
@@ -127,3 +129,11 @@ def test_inside_only_macs_leave_out_padding_taps():
     aspp = 9 * 9 * 256 * 16  # positions x c5 channels x ASPP filters
     assert every - inside >= 2 * 8 * aspp
     assert inside < every
+
+
+def test_native_dilated_conv_probe():
+    # oneDNN (this build) has float32 and bfloat16 dilated gradients; float16 on
+    # CPU goes to TensorFlow's own kernels, which have none.
+    assert layers.native_dilated_conv_supported("float32")
+    if not tf.config.list_physical_devices("GPU"):
+        assert not layers.native_dilated_conv_supported("float16")

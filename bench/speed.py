@@ -1,0 +1,280 @@
+"""Prints DeepLabv3-R101 speed on this machine as ratios to its own matmul peak.
+
+  python bench/speed.py [--runs 5] [--sections peak,inference,training,serving,pipeline]
+
+One run prints:
+  peak       tf.matmul 4096x4096 GFLOP/s in float32 and bfloat16 (each section
+             measures it again in its own process, and its ratios use that).
+  inference  R101 513x513 batch 1 at output stride 16 and 8, and OS8 + 6 scales
+             + flip: the trained graph (float32), the BN-folded graph in float32
+             and in bfloat16.
+  training   R101 OS16 321x321 batch 2, SGD momentum + weight decay, in float32
+             and mixed_bfloat16, each in its own process: s/step, GFLOP/s (3x the
+             forward FLOPs), peak resident memory.
+  serving    every signature of the exported SavedModel (float32 and
+             --precision bfloat16) next to the in-memory model (trained graph, no XLA).
+  pipeline   record building with 1 and 2 workers; the 513x513 training input
+             pipeline pinned to 1 core and to 2 cores (examples/s per core).
+
+FLOPs are 2 x MACs. "all taps" counts every kernel tap, as the paper's and
+torchvision's figures do; "inside" leaves out atrous taps that fall entirely
+into the zero padding, which oneDNN skips: that is the work actually done, so
+its ratio is the honest one (`deeplabv3_tf.model.cost.count_macs`).
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import matmul_peak_gflops, median_seconds, peak_rss_mib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+SECTIONS = ("peak", "inference", "training", "serving", "pipeline")
+SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def peaks(runs):
+    return matmul_peak_gflops(tf.float32, runs=runs), matmul_peak_gflops(tf.bfloat16, runs=runs)
+
+
+def section_peak(args):
+    f32, bf16 = peaks(args.runs)
+    print(f"tf.matmul 4096x4096: float32 {f32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s "
+          f"({os.cpu_count()} cores)")
+
+
+def _macs(config, height, width, cache={}):
+    from deeplabv3_tf.model import build_deeplabv3
+    from deeplabv3_tf.model.cost import count_macs
+
+    key = (config.output_stride, height, width)
+    if key not in cache:
+        model = build_deeplabv3(config, input_shape=(height, width, 3))
+        cache[key] = count_macs(model), count_macs(model, inside_only=True)
+    return cache[key]
+
+
+def _row(name, seconds, macs, peak):
+    every, inside = macs
+    print(f"{name:<40}{seconds * 1000:>9.0f}{2 * every / seconds / 1e9:>9.0f}"
+          f"{100 * 2 * every / seconds / 1e9 / peak:>8.0f}%"
+          f"{100 * 2 * inside / seconds / 1e9 / peak:>8.0f}%", flush=True)
+
+
+def section_inference(args):
+    from deeplabv3_tf.config import ModelConfig
+    from deeplabv3_tf.inference import predict_probabilities
+    from deeplabv3_tf.model import build_deeplabv3
+    from deeplabv3_tf.model.fold import fold_batch_norm
+
+    f32, bf16 = peaks(args.runs)
+    size = 513
+    image = tf.random.uniform((1, size, size, 3), 0, 255, seed=0)
+    print(f"R101, {size}x{size}, batch 1; peaks float32 {f32:.0f}, bfloat16 {bf16:.0f} GFLOP/s")
+    print(f"{'graph':<40}{'ms':>9}{'GFLOP/s':>9}{'% all':>9}{'% inside':>9}")
+    for output_stride in (16, 8):
+        config = ModelConfig(output_stride=output_stride)
+        model = build_deeplabv3(config)
+        macs = _macs(config, size, size)
+        variants = [("trained graph float32", model, f32),
+                    ("BN folded float32", fold_batch_norm(model, config), f32),
+                    ("BN folded bfloat16", fold_batch_norm(model, config, "bfloat16"), bf16)]
+        for name, graph, peak in variants:
+            run = tf.function(lambda x, graph=graph: graph(x, training=False))
+            seconds = median_seconds(lambda: run(image).numpy(), args.runs)
+            _row(f"OS{output_stride} {name}", seconds, macs, peak)
+        if output_stride == 8:
+            sizes = [tuple(int(v) for v in np.maximum(np.round(np.array([size, size]) * s), 1))
+                     for s in SCALES]
+            total = [2 * sum(_macs(config, h, w)[i] for h, w in sizes) for i in (0, 1)]
+            for name, graph, peak in variants[1:]:
+                run = tf.function(lambda x, graph=graph: predict_probabilities(
+                    graph, x, SCALES, flip=True))
+                seconds = median_seconds(lambda: run(image).numpy(), max(1, args.runs // 3))
+                _row(f"OS8 + 6 scales + flip, {name}", seconds, total, peak)
+
+
+def training_child(precision, runs):
+    """One training configuration in this process; prints a JSON line."""
+    import keras
+
+    from deeplabv3_tf.experiments import override, voc_r101_os16
+    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
+
+    baseline = peak_rss_mib()
+    f32, bf16 = peaks(3)
+    experiment = override(voc_r101_os16(), [
+        "train.batch_size=2", "train.init=''", f"train.precision={precision!r}"])
+    keras.config.set_dtype_policy(precision)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = build_model(experiment)
+        optimizer = make_optimizer(experiment.train)
+        optimizer.build(model.trainable_variables)
+    step = make_train_step(model, optimizer, strategy, experiment)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(0, 255, (2, 321, 321, 3)).astype("float32"),
+             "label": rng.integers(0, 21, (2, 321, 321)).astype("int32")}
+    batch = next(iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(batch))))
+    seconds = median_seconds(lambda: float(step(batch)[0]), runs, warmup=2)
+    keras.config.set_dtype_policy("float32")
+    every, inside = _macs(experiment.model, 321, 321)
+    print(json.dumps({"seconds": seconds, "macs": every, "inside": inside,
+                      "peak": bf16 if precision == "mixed_bfloat16" else f32,
+                      "rss": peak_rss_mib(), "import_rss": baseline}))
+
+
+def section_training(args):
+    print("R101 OS16 training step, 321x321, batch 2, SGD momentum + weight decay "
+          "(FLOPs = 3 x forward); each row in its own process")
+    print(f"{'precision':<18}{'s/step':>8}{'img/s':>7}{'GFLOP/s':>9}{'% all':>8}{'% inside':>9}"
+          f"{'peak RSS MiB':>14}")
+    for precision in ("float32", "mixed_bfloat16"):
+        out = subprocess.run([sys.executable, __file__, "--child_training", precision,
+                              "--runs", str(args.runs)], capture_output=True, text=True)
+        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        if out.returncode or not lines:
+            print(f"{precision}: failed: {out.stderr.strip().splitlines()[-3:]}")
+            continue
+        r = json.loads(lines[-1])
+        flops = 3 * 2 * 2 * r["macs"]
+        print(f"{precision:<18}{r['seconds']:>8.2f}{2 / r['seconds']:>7.2f}"
+              f"{flops / r['seconds'] / 1e9:>9.0f}{100 * flops / r['seconds'] / 1e9 / r['peak']:>7.0f}%"
+              f"{100 * flops * r['inside'] / r['macs'] / r['seconds'] / 1e9 / r['peak']:>8.0f}%"
+              f"{r['rss']:>14.0f}   (peak {r['peak']:.0f} GFLOP/s; TensorFlow imported: "
+              f"{r['import_rss']:.0f} MiB)", flush=True)
+
+
+def section_serving(args):
+    from PIL import Image
+
+    from deeplabv3_tf.experiments import override, save_experiment, voc_r101_os16
+    from deeplabv3_tf.export import ExportOptions, export_saved_model, load_trained_model
+    from deeplabv3_tf.inference import predict_labels
+    from deeplabv3_tf.model import build_deeplabv3
+
+    size = 513
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = os.path.join(tmp, "run")
+        experiment = override(voc_r101_os16(), ["train.init=''"])
+        save_experiment(experiment, run_dir)
+        tf.train.Checkpoint(model=build_deeplabv3(experiment.model)).save(
+            os.path.join(run_dir, "ckpt"))
+        model, _, _ = load_trained_model(run_dir)
+        exports = {p: tf.saved_model.load(export_saved_model(
+            run_dir, os.path.join(tmp, p), ExportOptions(precision=p), log=lambda _: None))
+            for p in ("float32", "bfloat16")}
+        image = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image[0]).save(buffer, format="JPEG", quality=95)
+        jpeg = tf.constant([buffer.getvalue()])
+        example = tf.constant([tf.train.Example(features=tf.train.Features(feature={
+            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[buffer.getvalue()]))})).SerializeToString()])
+        pixels = tf.constant(image)
+        single = tf.function(lambda x: predict_labels(model, tf.cast(x, tf.float32)))
+        multi = tf.function(lambda x: predict_labels(model, tf.cast(x, tf.float32), SCALES, True))
+        decode_single = tf.function(lambda data: single(tf.io.decode_image(
+            data[0], channels=3, expand_animations=False)[None]))
+        rows = [("serving_default", lambda s: s["serving_default"](images=pixels),
+                 lambda: single(pixels)),
+                ("multiscale_flip", lambda s: s["multiscale_flip"](images=pixels),
+                 lambda: multi(pixels)),
+                ("encoded_image (JPEG)", lambda s: s["encoded_image"](images=jpeg),
+                 lambda: decode_single(jpeg)),
+                ("tf_example", lambda s: s["tf_example"](examples=example),
+                 lambda: decode_single(jpeg))]
+        print(f"R101 OS16 SavedModel, {size}x{size}, batch 1, median of {args.runs} "
+              "(multiscale_flip: 6 scales + flip, median of fewer)")
+        print(f"{'signature':<24}{'in-memory ms':>14}{'float32 ms':>12}{'ratio':>7}"
+              f"{'bfloat16 ms':>13}")
+        for name, exported, in_memory in rows:
+            runs = max(1, args.runs // 3) if name == "multiscale_flip" else args.runs
+            memory_s = median_seconds(in_memory, runs)
+            f32 = median_seconds(lambda: exported(exports["float32"].signatures), runs)
+            bf16 = median_seconds(lambda: exported(exports["bfloat16"].signatures), runs)
+            print(f"{name:<24}{memory_s * 1000:>14.0f}{f32 * 1000:>12.0f}"
+                  f"{f32 / memory_s:>7.2f}{bf16 * 1000:>13.0f}", flush=True)
+
+
+def pipeline_child(records, batches):
+    from deeplabv3_tf.data import make_dataset
+
+    cores = len(os.sched_getaffinity(0))
+    dataset = make_dataset(records, training=True, batch_size=8, crop_size=(513, 513))
+    iterator = iter(dataset)
+    for _ in range(3):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    rate = batches * 8 / (time.perf_counter() - start)
+    print(json.dumps({"cores": cores, "rate": rate}))
+
+
+def section_pipeline(args):
+    from deeplabv3_tf.data.tfrecord_builders import build_voc
+    from deeplabv3_tf.synthetic import write_voc_dataset
+
+    images = 200
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as root:
+        info = write_voc_dataset(root, num_train=images, num_val=1, with_sbd=False,
+                                 size_range=(375, 500))
+        warm = write_voc_dataset(os.path.join(root, "warm"), num_train=8, num_val=1,
+                                 with_sbd=False, size_range=(375, 500))
+        for workers in sorted({1, cores}):
+            build_voc(warm["voc_dir"], os.path.join(root, f"warm{workers}"), splits=("train",),
+                      num_workers=workers, progress=False, log=lambda _: None)
+            start = time.perf_counter()
+            build_voc(info["voc_dir"], os.path.join(root, f"records{workers}"),
+                      splits=("train",), num_workers=workers, progress=False,
+                      log=lambda _: None)
+            rate = images / (time.perf_counter() - start)
+            print(f"records: {images} VOC-sized JPEG+PNG pairs, --num_workers {workers}: "
+                  f"{rate:.0f} images/s", flush=True)
+        records = os.path.join(root, f"records{cores}", "train-*")
+        for pinned in sorted({1, cores}):
+            cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:pinned])
+            out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__,
+                                  "--child_pipeline", records], capture_output=True, text=True)
+            lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            if out.returncode or not lines:
+                print(f"pipeline on {pinned} core(s): failed: {out.stderr[-300:]}")
+                continue
+            r = json.loads(lines[-1])
+            print(f"training pipeline (decode, scale 0.5-2, pad, crop 513, flip), {r['cores']} "
+                  f"core(s): {r['rate']:.0f} examples/s = {r['rate'] / r['cores']:.0f} per core",
+                  flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--child_training", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child_pipeline", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_training:
+        return training_child(args.child_training, args.runs)
+    if args.child_pipeline:
+        return pipeline_child(args.child_pipeline, 40)
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores")
+    for section in args.sections.split(","):
+        if section not in SECTIONS:
+            raise SystemExit(f"unknown section {section!r}; choose from {SECTIONS}")
+        print(f"\n== {section}")
+        globals()[f"section_{section}"](args)
+
+
+if __name__ == "__main__":
+    main()
