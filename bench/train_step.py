@@ -10,10 +10,12 @@ process's maximum resident set size.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import peak_rss_mib  # noqa: E402
 
 
 def run_mode(args, jit):
@@ -47,7 +49,7 @@ def run_mode(args, jit):
         float(step(batch)[0])
         times.append(time.perf_counter() - start)
     median = float(np.median(times))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mib()
     print(json.dumps({"jit_compile": jit, "images_per_second": args.batch / median,
                       "step_seconds": median, "first_step_seconds": compile_seconds,
                       "peak_rss_mb": peak_mb}))
