@@ -183,8 +183,10 @@ def section_serving(args):
         pixels = tf.constant(image)
         single = tf.function(lambda x: predict_labels(model, tf.cast(x, tf.float32)))
         multi = tf.function(lambda x: predict_labels(model, tf.cast(x, tf.float32), SCALES, True))
-        decode_single = tf.function(lambda data: single(tf.io.decode_image(
-            data[0], channels=3, expand_animations=False)[None]))
+        # The same work as the encoded_image signature: decode, predict, encode the mask.
+        decode_single = tf.function(lambda data: tf.io.encode_png(tf.cast(single(
+            tf.io.decode_image(data[0], channels=3, expand_animations=False)[None])[0, ..., None],
+            tf.uint8)))
         rows = [("serving_default", lambda s: s["serving_default"](images=pixels),
                  lambda: single(pixels)),
                 ("multiscale_flip", lambda s: s["multiscale_flip"](images=pixels),
