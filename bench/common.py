@@ -47,3 +47,25 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def r101_training_step(assignments: list[str], size: int = 321, batch_size: int = 2):
+    """(step, experiment, batch): voc_r101_os16 with `--set` assignments, one device, a
+    random batch of `batch_size` size x size images, ready for `step(batch)`."""
+    from deeplabv3_tf.experiments import override, voc_r101_os16
+    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
+
+    experiment = override(voc_r101_os16(), [f"train.batch_size={batch_size}", "train.init=''",
+                                            *assignments])
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = build_model(experiment)
+        optimizer = make_optimizer(experiment.train)
+        optimizer.build(model.trainable_variables)
+    step = make_train_step(model, optimizer, strategy, experiment)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(0, 255, (batch_size, size, size, 3)).astype("float32"),
+             "label": rng.integers(0, 21, (batch_size, size, size)).astype("int32")}
+    batch = next(iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(batch))))
+    return step, experiment, batch

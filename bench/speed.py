@@ -32,7 +32,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import matmul_peak_gflops, median_seconds, peak_rss_mib  # noqa: E402
+from common import (matmul_peak_gflops, median_seconds, peak_rss_mib,  # noqa: E402
+                    r101_training_step)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -106,25 +107,10 @@ def training_child(precision, runs):
     """One training configuration in this process; prints a JSON line."""
     import keras
 
-    from deeplabv3_tf.experiments import override, voc_r101_os16
-    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
-
     baseline = peak_rss_mib()
     f32, bf16 = peaks(3)
-    experiment = override(voc_r101_os16(), [
-        "train.batch_size=2", "train.init=''", f"train.precision={precision!r}"])
     keras.config.set_dtype_policy(precision)
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    with strategy.scope():
-        model = build_model(experiment)
-        optimizer = make_optimizer(experiment.train)
-        optimizer.build(model.trainable_variables)
-    step = make_train_step(model, optimizer, strategy, experiment)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(0, 255, (2, 321, 321, 3)).astype("float32"),
-             "label": rng.integers(0, 21, (2, 321, 321)).astype("int32")}
-    batch = next(iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(batch))))
+    step, experiment, batch = r101_training_step([f"train.precision={precision!r}"])
     seconds = median_seconds(lambda: float(step(batch)[0]), runs, warmup=2)
     keras.config.set_dtype_policy("float32")
     every, inside = _macs(experiment.model, 321, 321)

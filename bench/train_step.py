@@ -15,31 +15,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_rss_mib  # noqa: E402
+from common import peak_rss_mib, r101_training_step  # noqa: E402
 
 
 def run_mode(args, jit):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
-    import tensorflow as tf
 
-    from deeplabv3_tf.experiments import override, voc_r101_os16
-    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
-
-    experiment = override(voc_r101_os16(), [
-        f"model.depth={args.depth}", f"train.batch_size={args.batch}",
-        f"train.jit_compile={jit}", "train.init=''"])
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    with strategy.scope():
-        model = build_model(experiment)
-        optimizer = make_optimizer(experiment.train)
-        optimizer.build(model.trainable_variables)
-    step = make_train_step(model, optimizer, strategy, experiment)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32"),
-             "label": rng.integers(0, 21, (args.batch, args.size, args.size)).astype("int32")}
-    batch = next(iter(strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(batch))))
+    step, _, batch = r101_training_step(
+        [f"model.depth={args.depth}", f"train.jit_compile={jit}"], args.size, args.batch)
     start = time.perf_counter()
     float(step(batch)[0])  # trace + compile
     compile_seconds = time.perf_counter() - start

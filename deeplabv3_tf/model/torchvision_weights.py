@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -49,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplabv3_tf.checksum import file_sha256
 from deeplabv3_tf.classes import VOC_CLASSES
 from deeplabv3_tf.config import (BLOCKS_PER_DEPTH, ModelConfig, torchvision_backbone,
                                  torchvision_deeplabv3)
@@ -296,14 +296,6 @@ def _first(items: list[str], count: int = 8) -> str:
     return shown + (f", ... ({len(items) - count} more)" if len(items) > count else "")
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_torchvision(architecture: str, checkpoint: str, output_dir: str,
                        output_stride: int | None = None, overwrite: bool = False,
                        log: Callable[[str], None] = print) -> dict:
@@ -358,7 +350,7 @@ def import_torchvision(architecture: str, checkpoint: str, output_dir: str,
     provenance = {
         "architecture": architecture,
         "source": os.path.abspath(checkpoint),
-        "source_sha256": _sha256(checkpoint),
+        "source_sha256": file_sha256(checkpoint),
         "entries_assigned": assigned,
         "published": PUBLISHED_WEIGHTS[architecture],
         "imported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

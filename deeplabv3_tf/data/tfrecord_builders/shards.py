@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from deeplabv3_tf.checksum import file_sha256
 from deeplabv3_tf.data.images import InvalidExampleError
 from deeplabv3_tf.data.schema import MANIFEST_NAME, SHARD_PATTERN
 from deeplabv3_tf.progress import ProgressBar
@@ -129,14 +130,6 @@ def _run(encode: Callable[[Task], Encoded], task: Task):
         return "filtered", str(e)
     except InvalidExampleError as e:
         return "error", str(e)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json(path: str, value) -> None:
@@ -262,7 +255,7 @@ def _resume_state(output_dir: str, split: str, progress_path: str,
         state["shards"] = {
             k: v for k, v in state["shards"].items()
             if os.path.exists(os.path.join(output_dir, v["file"]))
-            and _sha256(os.path.join(output_dir, v["file"])) == v["sha256"]}
+            and file_sha256(os.path.join(output_dir, v["file"])) == v["sha256"]}
     keep = {v["file"] for v in state["shards"].values()} if state else set()
     for path in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord*")):
         if os.path.basename(path) not in keep:
@@ -297,7 +290,7 @@ def _write_shard(output_dir, split, shard, num_shards, tasks, results, spec,
             os.remove(tmp)
         raise
     os.replace(tmp, final)
-    return {"file": name, "count": written, "sha256": _sha256(final),
+    return {"file": name, "count": written, "sha256": file_sha256(final),
             "class_counts": counts.tolist(), "skipped": skipped,
             "filtered": filtered}
 
