@@ -21,7 +21,7 @@ flags.DEFINE_list("scales", [str(s) for s in DEFAULT_SCALES], "Scales of multisc
 flags.DEFINE_bool("flip", True, "Left-right flip in multiscale_flip.")
 flags.DEFINE_bool("with_probabilities", False, "Also output per-class probabilities.")
 flags.DEFINE_integer("max_side", 0, "Resize larger images to this longest side in the graph (0: never).")
-flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, faster).")
+flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, fewer ops).")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute precision of the exported convs (bfloat16: CPUs with AVX512_BF16/AMX).")
 FLAGS = flags.FLAGS
