@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -69,3 +71,14 @@ def r101_training_step(assignments: list[str], size: int = 321, batch_size: int 
     batch = next(iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors(batch))))
     return step, experiment, batch
+
+
+def run_child(command: list[str], name: str) -> dict | None:
+    """Runs a measuring child process; returns the last JSON line it printed, or None
+    (after printing `name: failed: <last stderr lines>`)."""
+    out = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        print(f"{name}: failed: {out.stderr.strip().splitlines()[-3:]}")
+        return None
+    return json.loads(lines[-1])

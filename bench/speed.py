@@ -26,14 +26,13 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (matmul_peak_gflops, median_seconds, peak_rss_mib,  # noqa: E402
-                    r101_training_step)
+                    r101_training_step, run_child)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -125,13 +124,10 @@ def section_training(args):
     print(f"{'precision':<18}{'s/step':>8}{'img/s':>7}{'GFLOP/s':>9}{'% all':>8}{'% inside':>9}"
           f"{'peak RSS MiB':>14}")
     for precision in ("float32", "mixed_bfloat16"):
-        out = subprocess.run([sys.executable, __file__, "--child_training", precision,
-                              "--runs", str(args.runs)], capture_output=True, text=True)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-        if out.returncode or not lines:
-            print(f"{precision}: failed: {out.stderr.strip().splitlines()[-3:]}")
+        r = run_child([sys.executable, __file__, "--child_training", precision,
+                       "--runs", str(args.runs)], precision)
+        if r is None:
             continue
-        r = json.loads(lines[-1])
         flops = 3 * 2 * 2 * r["macs"]
         print(f"{precision:<18}{r['seconds']:>8.2f}{2 / r['seconds']:>7.2f}"
               f"{flops / r['seconds'] / 1e9:>9.0f}{100 * flops / r['seconds'] / 1e9 / r['peak']:>7.0f}%"
@@ -233,13 +229,10 @@ def section_pipeline(args):
         records = os.path.join(root, f"records{cores}", "train-*")
         for pinned in sorted({1, cores}):
             cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:pinned])
-            out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__,
-                                  "--child_pipeline", records], capture_output=True, text=True)
-            lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-            if out.returncode or not lines:
-                print(f"pipeline on {pinned} core(s): failed: {out.stderr[-300:]}")
+            r = run_child(["taskset", "-c", cpus, sys.executable, __file__, "--child_pipeline",
+                           records], f"pipeline on {pinned} core(s)")
+            if r is None:
                 continue
-            r = json.loads(lines[-1])
             print(f"training pipeline (decode, scale 0.5-2, pad, crop 513, flip), {r['cores']} "
                   f"core(s): {r['rate']:.0f} examples/s = {r['rate'] / r['cores']:.0f} per core",
                   flush=True)

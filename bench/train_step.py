@@ -10,12 +10,11 @@ process's maximum resident set size.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_rss_mib, r101_training_step  # noqa: E402
+from common import peak_rss_mib, r101_training_step, run_child  # noqa: E402
 
 
 def run_mode(args, jit):
@@ -53,15 +52,11 @@ def main():
     print(f"DeepLabv3-R{args.depth} OS16 training step, {args.size}x{args.size}, batch "
           f"{args.batch}, float32, CPU ({os.cpu_count()} cores), median of {args.steps} steps")
     for mode in ("plain", "jit"):
-        out = subprocess.run([sys.executable, __file__, f"--mode={mode}",
-                              f"--depth={args.depth}", f"--size={args.size}",
-                              f"--batch={args.batch}", f"--steps={args.steps}"],
-                             capture_output=True, text=True)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-        if out.returncode or not lines:
-            print(f"{mode}: failed: {out.stderr.strip().splitlines()[-1:]}")
+        r = run_child([sys.executable, __file__, f"--mode={mode}", f"--depth={args.depth}",
+                       f"--size={args.size}", f"--batch={args.batch}",
+                       f"--steps={args.steps}"], mode)
+        if r is None:
             continue
-        r = json.loads(lines[-1])
         print(f"jit_compile={str(r['jit_compile']):<5}  {r['images_per_second']:.2f} images/s  "
               f"step {r['step_seconds']:.2f} s  first step {r['first_step_seconds']:.1f} s  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB")

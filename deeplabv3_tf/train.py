@@ -294,6 +294,8 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
     train_step = make_train_step(model, optimizer, strategy, experiment)
+    # Evaluation and image summaries read the main logits only (no auxiliary head).
+    predictor = main_output(model)
     num_classes = experiment.model.num_classes
     writers = _summary_writers(model_dir, chief)
     history, evaluation, preempted = [], None, False
@@ -327,12 +329,12 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
                 window[:] = 0
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if segmentation and tc.image_summary_every and step % tc.image_summary_every == 0:
-                _image_summary(writers, main_output(model), strategy, batch, step)
+                _image_summary(writers, predictor, strategy, batch, step)
             if step % tc.checkpoint_every == 0 or step == end or stopping:
                 manager.save(checkpoint_number=step)
             if (segmentation and tc.eval_every and step % tc.eval_every == 0
                     and experiment.data.val_records and step < end):
-                _evaluate(main_output(model), experiment, writers, step, log)
+                _evaluate(predictor, experiment, writers, step, log)
             if stopping:
                 preempted = True
                 log(f"SIGTERM (here or on another worker): saved a checkpoint at step {step} "
@@ -340,7 +342,7 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
                 break
     bar.close()
     if segmentation and experiment.data.val_records and not preempted and step == tc.steps:
-        evaluation = _evaluate(main_output(model), experiment, writers, step, log)
+        evaluation = _evaluate(predictor, experiment, writers, step, log)
     if not chief:
         tf.io.gfile.rmtree(write_dir)
     return TrainResult(model=model, step=step, model_dir=model_dir, preempted=preempted,
