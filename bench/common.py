@@ -73,10 +73,11 @@ def r101_training_step(assignments: list[str], size: int = 321, batch_size: int 
     return step, experiment, batch
 
 
-def run_child(command: list[str], name: str) -> dict | None:
-    """Runs a measuring child process; returns the last JSON line it printed, or None
-    (after printing `name: failed: <last stderr lines>`)."""
-    out = subprocess.run(command, capture_output=True, text=True)
+def run_child(command: list[str], name: str, env: dict | None = None) -> dict | None:
+    """Runs a measuring child process (with `env` added to the environment); returns the
+    last JSON line it printed, or None (after printing `name: failed: <last stderr lines>`)."""
+    out = subprocess.run(command, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
         print(f"{name}: failed: {out.stderr.strip().splitlines()[-3:]}")

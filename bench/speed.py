@@ -10,7 +10,8 @@ One run prints:
              and in bfloat16.
   training   R101 OS16 321x321 batch 2, SGD momentum + weight decay, in float32
              and mixed_bfloat16, each in its own process: s/step, GFLOP/s (3x the
-             forward FLOPs), peak resident memory.
+             forward FLOPs), peak resident memory; and, with TensorFlow's BFC
+             allocator on the CPU, the memory its tensors hold and peak at.
   serving    every signature of the exported SavedModel (float32 and
              --precision bfloat16) next to the in-memory model (trained graph, no XLA).
   pipeline   record building with 1 and 2 workers; the 513x513 training input
@@ -110,12 +111,19 @@ def training_child(precision, runs):
     f32, bf16 = peaks(3)
     keras.config.set_dtype_policy(precision)
     step, experiment, batch = r101_training_step([f"train.precision={precision!r}"])
+    bfc = bool(os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"))
+    if bfc:  # TensorFlow's own tensors: held between steps, and the peak within steps.
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        held = tf.config.experimental.get_memory_info("CPU:0")["current"]
     seconds = median_seconds(lambda: float(step(batch)[0]), runs, warmup=2)
     keras.config.set_dtype_policy("float32")
     every, inside = _macs(experiment.model, 321, 321)
-    print(json.dumps({"seconds": seconds, "macs": every, "inside": inside,
-                      "peak": bf16 if precision == "mixed_bfloat16" else f32,
-                      "rss": peak_rss_mib(), "import_rss": baseline}))
+    result = {"seconds": seconds, "macs": every, "inside": inside,
+              "peak": bf16 if precision == "mixed_bfloat16" else f32,
+              "rss": peak_rss_mib(), "import_rss": baseline}
+    if bfc:
+        result.update(tf_held=held, tf_peak=tf.config.experimental.get_memory_info("CPU:0")["peak"])
+    print(json.dumps(result))
 
 
 def section_training(args):
@@ -134,6 +142,13 @@ def section_training(args):
               f"{100 * flops * r['inside'] / r['macs'] / r['seconds'] / 1e9 / r['peak']:>8.0f}%"
               f"{r['rss']:>14.0f}   (peak {r['peak']:.0f} GFLOP/s; TensorFlow imported: "
               f"{r['import_rss']:.0f} MiB)", flush=True)
+    # Where the float32 step's memory goes, from TensorFlow's BFC allocator on the CPU.
+    r = run_child([sys.executable, __file__, "--child_training", "float32", "--runs", "2"],
+                  "allocator", env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})
+    if r is not None:
+        print(f"float32 with TF_CPU_ALLOCATOR_USE_BFC=true: TensorFlow tensors held between "
+              f"steps {r['tf_held'] / 2**20:.0f} MiB, peak within a step "
+              f"{r['tf_peak'] / 2**20:.0f} MiB; peak RSS {r['rss']:.0f} MiB")
 
 
 def section_serving(args):
