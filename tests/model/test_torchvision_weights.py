@@ -1,12 +1,15 @@
 """torchvision weights imported into the model give torchvision's outputs.
 
-The references are torchvision's own models (`deeplabv3_resnet50` with its
+The references are torchvision's models (`deeplabv3_resnet50` with its
 auxiliary head, `resnet50`) with random, non-trivial weights, written with
-their outputs by `torchvision_reference.py` in a separate process.
+their outputs by `torchvision_reference.py` in a separate process: from
+torchvision itself where it is installed, else from `torch_replica.py` (the
+same modules and state_dict names in plain torch), which
+`test_torch_replica_equals_torchvision` holds equal to torchvision.
 
-torch and torchvision come from requirements-torch.txt, which `.ci/run`
-installs; where they are missing these tests are skipped, unless
-DEEPLABV3_REQUIRE_TORCH is set (CI sets it), in which case they fail.
+torch comes from requirements-torch.txt, which `.ci/run` installs; where it is
+missing these tests are skipped, unless DEEPLABV3_REQUIRE_TORCH is set (CI
+sets it), in which case they fail.
 """
 
 import importlib.util
@@ -27,9 +30,11 @@ from deeplabv3_tf.model.torchvision_weights import (
 from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model
 
 # Not imported here: torchvision crashes when imported after TensorFlow.
-HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "torchvision"))
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_TORCHVISION = HAVE_TORCH and importlib.util.find_spec("torchvision") is not None
 if not HAVE_TORCH and not os.environ.get("DEEPLABV3_REQUIRE_TORCH"):
     pytest.skip("pip install -r requirements-torch.txt", allow_module_level=True)
+SOURCE = "torchvision" if HAVE_TORCHVISION else "replica"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -38,16 +43,29 @@ SIZES = ("321x321", "320x480")
 ATOL = 1e-3
 
 
-def torchvision_reference(arch: str, seed: int, directory, sizes=SIZES):
-    """(path of the .pth, {size: {"images", "out"[, "aux"]}}) from torchvision itself."""
-    subprocess.run([sys.executable, os.path.join(HERE, "torchvision_reference.py"), arch,
-                    str(seed), str(directory), *sizes], check=True)
+def torchvision_reference(arch: str, seed: int, directory, sizes=SIZES, source=SOURCE):
+    """(path of the .pth, {size: {"images", "out"[, "aux"]}}) from torchvision's model."""
+    subprocess.run([sys.executable, os.path.join(HERE, "torchvision_reference.py"), source,
+                    arch, str(seed), str(directory), *sizes], check=True)
     arrays = np.load(os.path.join(directory, f"{arch}.npz"))
     outputs = {}
     for key in arrays.files:
         size, name = key.split("/")
         outputs.setdefault(size, {})[name] = arrays[key]
     return os.path.join(directory, f"{arch}.pth"), outputs
+
+
+@pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed")
+@pytest.mark.parametrize("arch", ["deeplabv3_resnet101", "resnet101"])
+def test_torch_replica_equals_torchvision(arch, tmp_path):
+    """The replica's state_dict loads strictly into torchvision's model, which then
+    gives the replica's outputs."""
+    torchvision_reference(arch, 5, tmp_path, ("65x77",), source="replica")
+    check = subprocess.run(
+        [sys.executable, os.path.join(HERE, "torchvision_reference.py"), "check", arch,
+         str(tmp_path)], check=True, capture_output=True, text=True)
+    name, difference = check.stdout.split()
+    assert name == "max_abs_difference" and float(difference) <= 1e-5
 
 
 @pytest.fixture(scope="module")

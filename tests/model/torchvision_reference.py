@@ -1,12 +1,19 @@
 """Writes a torchvision model with random, non-trivial weights and its outputs.
 
-  python torchvision_reference.py ARCH SEED OUT_DIR HxW [HxW ...]
+  python torchvision_reference.py SOURCE ARCH SEED OUT_DIR HxW [HxW ...]
+  python torchvision_reference.py check ARCH OUT_DIR
 
+SOURCE is `torchvision` (the model from torchvision itself) or `replica`
+(`torch_replica.py`: the same architecture and state_dict names, torch only).
 Writes OUT_DIR/ARCH.pth (the state_dict) and OUT_DIR/ARCH.npz (for each size,
-the input pixels, float32 [1, H, W, 3] RGB in [0, 255], and torchvision's
-outputs, NHWC). Run in its own process: importing torchvision after
-TensorFlow in one process crashes (torch 2.14.1 / torchvision 0.29.1 /
-TF 2.21). Only torch, torchvision and NumPy are imported here.
+the input pixels, float32 [1, H, W, 3] RGB in [0, 255], and the model's
+outputs, NHWC). `check` loads OUT_DIR/ARCH.pth into torchvision's model
+(strict: every name and shape must match), runs it on the stored inputs and
+prints the largest absolute difference from the stored outputs.
+
+Run in its own process: importing torchvision after TensorFlow in one process
+crashes (torch 2.14.1 / torchvision 0.29.1 / TF 2.21). Only torch,
+torchvision (when asked for) and NumPy are imported here.
 
 Weights: BN scales and shifts drawn at random, BN statistics measured on the
 images the outputs are computed for and then perturbed, so that activations
@@ -20,19 +27,24 @@ import sys
 
 import numpy as np
 import torch
-import torchvision
+
+import torch_replica
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def build(arch: str):
-    if arch == "deeplabv3_resnet50":
-        return torchvision.models.segmentation.deeplabv3_resnet50(
+def build(source: str, arch: str):
+    if source == "replica":
+        return torch_replica.build(arch)
+    if source != "torchvision":
+        raise ValueError(f"SOURCE must be torchvision or replica, not {source!r}")
+    import torchvision
+
+    if arch.startswith("deeplabv3_"):
+        return getattr(torchvision.models.segmentation, arch)(
             weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
-    if arch == "resnet50":
-        return torchvision.models.resnet50(weights=None)
-    raise ValueError(arch)
+    return getattr(torchvision.models, arch)(weights=None)
 
 
 def to_torch(images: np.ndarray) -> torch.Tensor:
@@ -74,7 +86,29 @@ def pixels(height: int, width: int, seed: int) -> np.ndarray:
     return np.round(np.clip(image, 0, 255)).astype(np.float32)[None]
 
 
-def main(arch: str, seed: str, out_dir: str, *sizes: str) -> None:
+def outputs_nhwc(model, images: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = model(to_torch(images))
+    outputs = out if isinstance(out, dict) else {"out": out}
+    return {key: value.numpy().transpose(0, 2, 3, 1) if value.ndim == 4 else value.numpy()
+            for key, value in outputs.items()}
+
+
+def check(arch: str, out_dir: str) -> None:
+    model = build("torchvision", arch)
+    model.load_state_dict(torch.load(os.path.join(out_dir, f"{arch}.pth")), strict=True)
+    model.eval()
+    arrays = np.load(os.path.join(out_dir, f"{arch}.npz"))
+    difference = 0.0
+    for key in arrays.files:
+        size, name = key.split("/")
+        if name == "images":
+            for output, value in outputs_nhwc(model, arrays[key]).items():
+                difference = max(difference, float(np.abs(value - arrays[f"{size}/{output}"]).max()))
+    print(f"max_abs_difference {difference:.3g}")
+
+
+def main(source: str, arch: str, seed: str, out_dir: str, *sizes: str) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(int(seed))
     images, calibration = {}, []
@@ -84,19 +118,19 @@ def main(arch: str, seed: str, out_dir: str, *sizes: str) -> None:
         # Batches of several images: the ASPP image-pooling BN sees one value per image.
         calibration.append(np.concatenate(
             [images[size]] + [pixels(height, width, seed=int(seed) + 1000 * i) for i in range(1, 4)]))
-    model = randomize(build(arch), int(seed) + 1, calibration)
+    model = randomize(build(source, arch), int(seed) + 1, calibration)
     torch.save(model.state_dict(), os.path.join(out_dir, f"{arch}.pth"))
     arrays = {}
     for size, batch in images.items():
-        with torch.no_grad():
-            out = model(to_torch(batch))
         arrays[f"{size}/images"] = batch
-        outputs = out if isinstance(out, dict) else {"out": out}
-        for key, value in outputs.items():
-            value = value.numpy()
-            arrays[f"{size}/{key}"] = value.transpose(0, 2, 3, 1) if value.ndim == 4 else value
+        for key, value in outputs_nhwc(model, batch).items():
+            arrays[f"{size}/{key}"] = value
     np.savez(os.path.join(out_dir, f"{arch}.npz"), **arrays)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "check":
+        torch.set_num_threads(2)
+        check(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])
