@@ -134,7 +134,7 @@ def _conv1x1_matmul_gradients(inputs, kernel):
         channels, filters = kernel.shape[2], kernel.shape[3]
         flat_x = tf.reshape(inputs, [-1, channels])
         flat_dy = tf.reshape(tf.cast(upstream, inputs.dtype), [-1, filters])
-        matrix = kernel[0, 0]
+        matrix = tf.reshape(kernel, [channels, filters])
         d_inputs = tf.reshape(tf.matmul(flat_dy, matrix, transpose_b=True), tf.shape(inputs))
         d_kernel = tf.matmul(flat_x, flat_dy, transpose_a=True)[None, None]
         return d_inputs, d_kernel
@@ -165,25 +165,30 @@ def _atrous_conv_tap_gradients(rate: tuple[int, int]):
         outputs = tf.raw_ops.Conv2D(input=inputs, filter=kernel, **options)
 
         def gradients(upstream):
-            upstream = tf.cast(upstream, inputs.dtype)
-            d_inputs = tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(inputs), filter=kernel, out_backprop=upstream, **options)
-            height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
-            kh, kw, channels, filters = kernel.shape
-            rows = []
-            for i in range(kh):
-                dy_ = (i - (kh - 1) // 2) * rate[0]
-                y0, y1 = _shifted_windows(height, dy_)
-                columns = []
-                for j in range(kw):
-                    dx_ = (j - (kw - 1) // 2) * rate[1]
-                    x0, x1 = _shifted_windows(width, dx_)
-                    patch = tf.reshape(inputs[:, y0 + dy_:y1 + dy_, x0 + dx_:x1 + dx_, :],
-                                       [-1, channels])
-                    grad = tf.reshape(upstream[:, y0:y1, x0:x1, :], [-1, filters])
-                    columns.append(tf.matmul(patch, grad, transpose_a=True))
-                rows.append(tf.stack(columns))
-            return d_inputs, tf.stack(rows)
+            # The input slices below depend on the forward input only: without
+            # this dependency the executor cuts them out during the forward
+            # pass and holds them (up to 9 slices of the input) until the backward.
+            with tf.control_dependencies([upstream]):
+                upstream = tf.cast(upstream, inputs.dtype)
+                d_inputs = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(inputs), filter=kernel, out_backprop=upstream,
+                    **options)
+                height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
+                kh, kw, channels, filters = kernel.shape
+                rows = []
+                for i in range(kh):
+                    dy_ = (i - (kh - 1) // 2) * rate[0]
+                    y0, y1 = _shifted_windows(height, dy_)
+                    columns = []
+                    for j in range(kw):
+                        dx_ = (j - (kw - 1) // 2) * rate[1]
+                        x0, x1 = _shifted_windows(width, dx_)
+                        patch = tf.reshape(inputs[:, y0 + dy_:y1 + dy_, x0 + dx_:x1 + dx_, :],
+                                           [-1, channels])
+                        grad = tf.reshape(upstream[:, y0:y1, x0:x1, :], [-1, filters])
+                        columns.append(tf.matmul(patch, grad, transpose_a=True))
+                    rows.append(tf.stack(columns))
+                return d_inputs, tf.stack(rows)
 
         return outputs, gradients
 
