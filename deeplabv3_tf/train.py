@@ -113,24 +113,26 @@ class SGD(keras.optimizers.SGD):
     `tf.function` graph the executor ran it for every variable at the start of
     the step and held the copies through the forward and backward passes, one
     more copy of all weights at the step's peak (ResNet-101: ~170 MiB).
-    Nesterov momentum, no momentum and sparse gradients take Keras' update.
+    Nesterov momentum, no momentum, sparse gradients and a momentum placed on
+    another device than its variable take Keras' update.
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.nesterov or not self.momentum or isinstance(gradient, tf.IndexedSlices):
+        accumulator = None
+        if self.momentum and not self.nesterov and not isinstance(gradient, tf.IndexedSlices):
+            momentum = self.momentums[self._get_variable_index(variable)]
+            target = variable.value if isinstance(variable, keras.Variable) else variable
+            # Under a distribution strategy `variable` is this device's copy; the
+            # momentum is the distributed variable: take its copy on the same device.
+            copies = [local for local in tf.distribute.get_strategy().experimental_local_results(
+                momentum.value) if local.device == target.device]
+            accumulator = copies[0] if len(copies) == 1 else None
+        if accumulator is None:
             with tf.control_dependencies([gradient]):
                 return super().update_step(gradient, variable, learning_rate)
-        momentum = self.momentums[self._get_variable_index(variable)]
-        target = variable.value if isinstance(variable, keras.Variable) else variable
-        # Under a distribution strategy `variable` is this device's copy; the
-        # momentum is the distributed variable: take its copy on the same device.
-        accumulator = [local for local in tf.distribute.get_strategy().experimental_local_results(
-            momentum.value) if local.device == target.device]
-        if len(accumulator) != 1:
-            raise ValueError(f"No copy of {momentum.path} on {target.device}.")
         dtype = target.dtype
         tf.raw_ops.ResourceApplyKerasMomentum(
-            var=target.handle, accum=accumulator[0].handle,
+            var=target.handle, accum=accumulator.handle,
             lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
             momentum=tf.cast(self.momentum, dtype), use_locking=False, use_nesterov=False)
 

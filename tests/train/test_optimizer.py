@@ -47,18 +47,22 @@ COMPARE = textwrap.dedent("""
 
         rng = np.random.default_rng(0)
         for _ in range(3):
-            step(tf.constant(rng.normal(size=(2 * replicas, 9, 9, 3)), tf.float32),
-                 tf.constant(rng.normal(size=(2 * replicas, 4)), tf.float32))
+            x = tf.constant(rng.normal(size=(2 * replicas, 9, 9, 3)), tf.float32)
+            y = tf.constant(rng.normal(size=(2 * replicas, 4)), tf.float32)
+            step(x, y)
+        fused = sum(op.type == "ResourceApplyKerasMomentum"
+                    for op in step.get_concrete_function(x, y).graph.get_operations())
         local = lambda v: [a.numpy() for a in strategy.experimental_local_results(v.value)]
         state = [a for v in model.trainable_variables + optimizer.variables for a in local(v)]
-        return initial, [v.numpy() for v in model.trainable_variables], state
+        weights = [local(v)[0] for v in model.trainable_variables]
+        return initial, weights, state, fused
 
     for options in ({"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}, {}):
-        initial, ours, state = run(SGD, **options)
-        _, theirs, keras_state = run(keras.optimizers.SGD, **options)
-        moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, ours))
+        initial, weights, state, fused = run(SGD, **options)
+        _, _, keras_state, _ = run(keras.optimizers.SGD, **options)
+        moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, weights))
         difference = max(float(np.abs(a - b).max()) for a, b in zip(state, keras_state))
-        print("RESULT", sorted(options), len(state), moved, difference)
+        print("RESULT", ",".join(sorted(options)), fused, len(state), moved, difference)
 """)
 
 
@@ -71,7 +75,10 @@ def test_fused_sgd_updates_as_keras_sgd(replicas):
              if line.startswith("RESULT")]
     assert len(lines) == 3
     for line in lines:
-        options, count, moved, difference = line.rsplit(" ", 3)
+        options, fused, count, moved, difference = line.split(" ")
+        # The fused kernel updates each of the 6 variables on each replica
+        # (Nesterov and plain SGD take Keras' update).
+        assert int(fused) == (6 * replicas if options == "momentum" else 0), options
         # Every weight and momentum (each replica's copy) compared; the
         # weights moved far more than the two optimizers differ.
         assert int(count) >= (12 if "momentum" in options else 6) * replicas
