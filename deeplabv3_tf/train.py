@@ -108,7 +108,7 @@ class SGD(keras.optimizers.SGD):
 
     Same update as Keras (m = momentum * m - lr * g; w += m; same variables
     and checkpoints), computed by `ResourceApplyKerasMomentum` in one pass,
-    where Keras runs five ops, each allocating a tensor of the variable's size.
+    where Keras runs five ops, three of them allocating a tensor of the variable's size.
     Keras' first op, `momentum * m`, depends on the momentum alone: in a
     `tf.function` graph the executor ran it for every variable at the start of
     the step and held the copies through the forward and backward passes, one
