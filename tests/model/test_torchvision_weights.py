@@ -29,11 +29,13 @@ from deeplabv3_tf.model.torchvision_weights import (
     TORCH_MISSING, import_torchvision, load_state_dict, read_state_dict)
 from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model
 
-# Not imported here: torchvision crashes when imported after TensorFlow.
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-HAVE_TORCHVISION = HAVE_TORCH and importlib.util.find_spec("torchvision") is not None
 if not HAVE_TORCH and not os.environ.get("DEEPLABV3_REQUIRE_TORCH"):
     pytest.skip("pip install -r requirements-torch.txt", allow_module_level=True)
+# Asked in another process: torchvision crashes when imported after TensorFlow,
+# and PyPI's torchvision does not import beside a CPU build of torch.
+HAVE_TORCHVISION = HAVE_TORCH and importlib.util.find_spec("torchvision") is not None and (
+    subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0)
 SOURCE = "torchvision" if HAVE_TORCHVISION else "replica"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,7 +57,7 @@ def torchvision_reference(arch: str, seed: int, directory, sizes=SIZES, source=S
     return os.path.join(directory, f"{arch}.pth"), outputs
 
 
-@pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed")
+@pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed or does not import")
 @pytest.mark.parametrize("arch", ["deeplabv3_resnet101", "resnet101"])
 def test_torch_replica_equals_torchvision(arch, tmp_path):
     """The replica's state_dict loads strictly into torchvision's model, which then
