@@ -262,7 +262,7 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
     """
     model, experiment, prefix = load_trained_model(run_dir, options.output_stride, checkpoint)
     if options.fold_batch_norm:
-        config = dataclasses.replace(experiment.model, sync_bn=False, output_stride=(
+        config = dataclasses.replace(experiment.model, output_stride=(
             options.output_stride or experiment.model.output_stride))
         model = fold_batch_norm(model, config, options.precision)
     version = version or next_version(export_dir)
