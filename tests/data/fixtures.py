@@ -23,6 +23,22 @@ def read_records(pattern):
     return [r.numpy() for r in tf.data.TFRecordDataset(files)]
 
 
+def encode_index(task, die_at=None):
+    """A write_split encode function: an Example holding the task's payload.
+
+    The process encoding payload `die_at` exits at once, as a killed worker would.
+    """
+    import tensorflow as tf
+
+    from deeplabv3_tf.data.tfrecord_builders.shards import Encoded
+
+    if task.payload == die_at:
+        os._exit(3)
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[task.payload]))}))
+    return Encoded(example.SerializeToString(), np.ones(1, np.int64))
+
+
 def parse_segmentation(serialized):
     """(example id, image uint8 [H, W, 3], label uint8 [H, W], feature dict)."""
     import io

@@ -1,5 +1,6 @@
 """Every kind of bad input fails with the file named, or is skipped and counted."""
 
+import functools
 import json
 import os
 import shutil
@@ -11,12 +12,14 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.data.images import InvalidExampleError
 from deeplabv3_tf.data.tfrecord_builders import build_voc
+from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
 from deeplabv3_tf.synthetic import write_voc_dataset
-from tests.data.fixtures import read_records
+from tests.data.fixtures import encode_index, read_records
 
 QUIET = dict(progress=False, log=lambda _: None)
 
@@ -191,6 +194,28 @@ def test_killed_build_leaves_no_complete_looking_shard_and_rerun_finishes(
                       num_shards=8, **QUIET)["train"]
     assert resumed["shards"] == clean["shards"] and resumed["count"] == 16
     assert not list(out.glob("*.incomplete")) and not progress.exists()
+
+
+def test_dead_worker_fails_the_build_and_rerun_finishes(tmp_path):
+    tasks = [Task(f"ex{i:02d}", (f"ex{i:02d}",), payload=i) for i in range(24)]
+    spec = SplitSpec(num_classes=1, source={"generated": "index"},
+                     stats_name="class_image_counts")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="worker process died.*Rerun the same command"):
+        write_split(str(out), "train", tasks, functools.partial(encode_index, die_at=13),
+                    spec, num_shards=4, num_workers=2, **QUIET)
+    assert not list(out.glob("*.incomplete")) and not (out / "train.manifest.json").exists()
+    with open(out / ".train.progress.json") as f:
+        done = json.load(f)["shards"]
+    assert set(done) <= {"0", "1"}  # Shard 2 holds example 13.
+
+    lines = []
+    manifest = write_split(str(out), "train", tasks, encode_index, spec, num_shards=4,
+                           num_workers=2, progress=False, log=lines.append)
+    assert manifest["count"] == 24 and (not done or any("resuming" in x for x in lines))
+    indices = [tf.train.Example.FromString(r).features.feature["index"].int64_list.value[0]
+               for r in read_records(str(out / "train-*"))]
+    assert indices == list(range(24))
 
 
 def test_rerun_with_other_inputs_starts_over(voc, tmp_path):

@@ -3,7 +3,7 @@
 `write_split` turns a list of tasks (one per example) into
 `<split>-%05d-of-%05d.tfrecord` shards plus `<split>.manifest.json`:
 
-- Examples are encoded by spawned worker processes (one pool per process,
+- Examples are encoded by spawned worker processes (started once per process,
   reused by every split); results are consumed in task order, so the bytes
   written do not depend on the number of workers.
 - Each shard is written under a temporary name and renamed when complete, so a
@@ -18,14 +18,15 @@
 from __future__ import annotations
 
 import atexit
+import collections
+import concurrent.futures
+import concurrent.futures.process
 import dataclasses
-import functools
 import glob
 import hashlib
 import json
 import math
 import multiprocessing
-import multiprocessing.pool
 import os
 from typing import Any, Callable, Sequence
 
@@ -96,31 +97,90 @@ def default_num_shards(count: int) -> int:
     return max(math.ceil(count / 1000), min(count, 4), 1)
 
 
-_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+_EXECUTORS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 
 
-def _pool(num_workers: int) -> multiprocessing.pool.Pool:
-    """A process pool, started once per process and reused by every split.
+def _executor(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """Worker processes, started once per process and reused by every split.
 
     Workers are spawned, not forked: a fork of a process whose TensorFlow
     runtime has started (threads holding locks) can deadlock in the child.
+    An executor, not a `multiprocessing.Pool`: a worker that dies (killed, out
+    of memory) breaks it with an error where a Pool would wait forever for the
+    lost result, and stopping early cancels queued work instead of
+    terminating workers mid-task.
     """
-    if num_workers not in _POOLS:
-        _POOLS[num_workers] = multiprocessing.get_context("spawn").Pool(num_workers)
-    return _POOLS[num_workers]
+    if num_workers not in _EXECUTORS:
+        _EXECUTORS[num_workers] = concurrent.futures.ProcessPoolExecutor(
+            num_workers, mp_context=multiprocessing.get_context("spawn"))
+    return _EXECUTORS[num_workers]
 
 
-def _close_pool(num_workers: int) -> None:
-    pool = _POOLS.pop(num_workers, None)
-    if pool is not None:
-        pool.terminate()
-        pool.join()
+def _discard_executor(num_workers: int) -> None:
+    executor = _EXECUTORS.pop(num_workers, None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 @atexit.register
-def _close_pools() -> None:
-    for num_workers in list(_POOLS):
-        _close_pool(num_workers)
+def _shutdown_executors() -> None:
+    for num_workers in list(_EXECUTORS):
+        _EXECUTORS.pop(num_workers).shutdown(wait=True, cancel_futures=True)
+
+
+def _run_chunk(encode: Callable[[Task], Encoded], tasks: Sequence[Task]) -> list:
+    return [_run(encode, task) for task in tasks]
+
+
+class _Encoder:
+    """Results of `encode` over `work`, in order, from worker processes.
+
+    At most `2 * num_workers` chunks are queued or running at a time, so results
+    never pile up in memory ahead of the writer. `close()` cancels what is
+    queued; a running chunk finishes (one chunk of examples) and is dropped.
+    """
+
+    def __init__(self, encode, work: Sequence[Task], num_workers: int):
+        self._num_workers = num_workers
+        self._executor = _executor(num_workers)
+        self._encode = encode
+        size = max(1, min(16, len(work) // (4 * num_workers)))
+        self._chunks = iter([work[i:i + size] for i in range(0, len(work), size)])
+        self._queued: collections.deque = collections.deque()
+        self._results: collections.deque = collections.deque()
+        for _ in range(2 * num_workers):
+            self._submit()
+
+    def _submit(self) -> None:
+        chunk = next(self._chunks, None)
+        if chunk is not None:
+            future = self._executor.submit(_run_chunk, self._encode, chunk)
+            self._queued.append((future, chunk))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._results:
+            if not self._queued:
+                raise StopIteration
+            future, chunk = self._queued.popleft()
+            try:
+                self._results.extend(future.result())
+            except concurrent.futures.process.BrokenProcessPool as e:
+                _discard_executor(self._num_workers)
+                raise RuntimeError(
+                    "A record-encoding worker process died (killed, or out of memory?); "
+                    f"examples from {chunk[0].example_id!r} on are not written. Rerun the "
+                    "same command to resume (complete shards are kept); --num_workers 1 "
+                    "encodes in this process, where a crash shows its cause.") from e
+            self._submit()
+        return self._results.popleft()
+
+    def close(self) -> None:
+        for future, _ in self._queued:
+            future.cancel()
+        self._queued.clear()
 
 
 def _run(encode: Callable[[Task], Encoded], task: Task):
@@ -208,12 +268,10 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
 
     bar = ProgressBar(len(tasks), desc=f"[{split}]", unit="img",
                       initial=len(tasks) - len(work), enabled=progress)
-    run = functools.partial(_run, encode)
-    pool = _pool(num_workers) if num_workers > 1 and len(work) > 1 else None
-    if pool is not None:
-        results = pool.imap(run, work, chunksize=max(1, min(16, len(work) // (4 * num_workers))))
+    if num_workers > 1 and len(work) > 1:
+        results = _Encoder(encode, work, num_workers)
     else:
-        results = map(run, work)
+        results = (_run(encode, task) for task in work)
     try:
         for shard in pending:
             done["shards"][str(shard)] = _write_shard(
@@ -221,9 +279,11 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
                 tasks[bounds[shard]:bounds[shard + 1]], results, spec,
                 skip_invalid, bar)
             _write_json(progress_path, done)
-    except BaseException:
-        if pool is not None:
-            _close_pool(num_workers)  # Its workers may still be busy with this split.
+    except BaseException as e:
+        if isinstance(results, _Encoder):
+            results.close()
+            if not isinstance(e, Exception):  # Interrupted: stop the workers too.
+                _discard_executor(num_workers)
         raise
     finally:
         bar.close()
