@@ -110,7 +110,7 @@ def main(argv):
             print(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
                   f"{manifest['num_skipped']} skipped -> {FLAGS.output_dir}")
 
-    return run_reporting_errors(build_and_report)
+    return run_reporting_errors(build_and_report, extra=(builders.WorkerDiedError,))
 
 
 if __name__ == "__main__":

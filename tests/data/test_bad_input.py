@@ -17,7 +17,8 @@ from PIL import Image
 
 from deeplabv3_tf.data.images import InvalidExampleError
 from deeplabv3_tf.data.tfrecord_builders import build_voc
-from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
+from deeplabv3_tf.data.tfrecord_builders.shards import (
+    SplitSpec, Task, WorkerDiedError, write_split)
 from deeplabv3_tf.synthetic import write_voc_dataset
 from tests.data.fixtures import encode_index, read_records
 
@@ -201,7 +202,7 @@ def test_dead_worker_fails_the_build_and_rerun_finishes(tmp_path):
     spec = SplitSpec(num_classes=1, source={"generated": "index"},
                      stats_name="class_image_counts")
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="worker process died.*Rerun the same command"):
+    with pytest.raises(WorkerDiedError, match="worker process died.*Rerun the same command"):
         write_split(str(out), "train", tasks, functools.partial(encode_index, die_at=13),
                     spec, num_shards=4, num_workers=2, **QUIET)
     assert not list(out.glob("*.incomplete")) and not (out / "train.manifest.json").exists()

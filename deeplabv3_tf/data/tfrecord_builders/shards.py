@@ -65,6 +65,10 @@ class Encoded:
     class_counts: np.ndarray
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process encoding examples died; complete shards are kept for a rerun."""
+
+
 class Filtered(Exception):
     """Raised by an encode function for an example left out by design (not an error)."""
 
@@ -169,7 +173,7 @@ class _Encoder:
                 self._results.extend(future.result())
             except concurrent.futures.process.BrokenProcessPool as e:
                 _discard_executor(self._num_workers)
-                raise RuntimeError(
+                raise WorkerDiedError(
                     "A record-encoding worker process died (killed, or out of memory?); "
                     f"examples from {chunk[0].example_id!r} on are not written. Rerun the "
                     "same command to resume (complete shards are kept); --num_workers 1 "
@@ -241,6 +245,7 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
 
     Raises:
       InvalidExampleError: the first invalid example, unless skip_invalid.
+      WorkerDiedError: a worker process died (killed, out of memory).
       ValueError: the split is empty, or no example was valid.
     """
     if not tasks:
