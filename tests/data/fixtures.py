@@ -23,17 +23,24 @@ def read_records(pattern):
     return [r.numpy() for r in tf.data.TFRecordDataset(files)]
 
 
-def encode_index(task, die_at=None):
+def encode_index(task, die_at=None, pid_dir=None, delay=0.0):
     """A write_split encode function: an Example holding the task's payload.
 
     The process encoding payload `die_at` exits at once, as a killed worker would.
+    With `pid_dir`, the encoding process leaves an empty file named by its pid
+    there; each example takes `delay` seconds more.
     """
+    import time
+
     import tensorflow as tf
 
     from deeplabv3_tf.data.tfrecord_builders.shards import Encoded
 
     if task.payload == die_at:
         os._exit(3)
+    if pid_dir is not None:
+        open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+    time.sleep(delay)
     example = tf.train.Example(features=tf.train.Features(feature={
         "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[task.payload]))}))
     return Encoded(example.SerializeToString(), np.ones(1, np.int64))

@@ -219,6 +219,47 @@ def test_dead_worker_fails_the_build_and_rerun_finishes(tmp_path):
     assert indices == list(range(24))
 
 
+ORPHANING_BUILD = textwrap.dedent("""
+    import functools, sys
+    from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
+    from tests.data.fixtures import encode_index
+    tasks = [Task(f"ex{i}", (f"ex{i}",), payload=i) for i in range(2000)]
+    write_split(sys.argv[1], "train", tasks,
+                functools.partial(encode_index, pid_dir=sys.argv[2], delay=0.05),
+                SplitSpec(num_classes=1, source={}), num_shards=2, num_workers=2,
+                progress=False)
+""")
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # A zombie has ended.
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_workers_end_when_the_build_is_killed(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", ORPHANING_BUILD, str(tmp_path / "out"), str(pid_dir)],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    deadline = time.time() + 120
+    while len(list(pid_dir.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in pid_dir.iterdir()]
+    assert len(workers) == 2 and process.pid not in workers
+    assert all(_running(pid) for pid in workers)
+    process.kill()  # SIGKILL: no cleanup runs in the build's process.
+    process.wait(timeout=60)
+    deadline = time.time() + 30
+    while any(_running(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers)
+
+
 def test_rerun_with_other_inputs_starts_over(voc, tmp_path):
     voc_dir, ids = voc
     out = tmp_path / "out"

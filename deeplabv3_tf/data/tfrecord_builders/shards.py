@@ -28,6 +28,8 @@ import json
 import math
 import multiprocessing
 import os
+import threading
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -116,8 +118,23 @@ def _executor(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """
     if num_workers not in _EXECUTORS:
         _EXECUTORS[num_workers] = concurrent.futures.ProcessPoolExecutor(
-            num_workers, mp_context=multiprocessing.get_context("spawn"))
+            num_workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent, initargs=(os.getpid(),))
     return _EXECUTORS[num_workers]
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Ends this worker once the process that started it is gone.
+
+    A worker waits on a queue it also holds open, so it would outlive a parent
+    killed with SIGKILL (or by the out-of-memory killer), holding its memory.
+    """
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _discard_executor(num_workers: int) -> None:
