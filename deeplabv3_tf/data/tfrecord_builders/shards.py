@@ -191,9 +191,9 @@ class _Encoder:
             except concurrent.futures.process.BrokenProcessPool as e:
                 _discard_executor(self._num_workers)
                 raise WorkerDiedError(
-                    "A record-encoding worker process died (killed, or out of memory?); "
-                    f"examples from {chunk[0].example_id!r} on are not written. Rerun the "
-                    "same command to resume (complete shards are kept); --num_workers 1 "
+                    "A record-encoding worker process died (killed, or out of memory?) "
+                    f"while the build was at example {chunk[0].example_id!r}. Rerun the "
+                    "same command to resume from the last complete shard; --num_workers 1 "
                     "encodes in this process, where a crash shows its cause.") from e
             self._submit()
         return self._results.popleft()
