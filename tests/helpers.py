@@ -1,6 +1,11 @@
 """Helpers shared by the tests."""
 
+import os
+
 from deeplabv3_tf.config import ModelConfig
+
+# The repository root: the working directory of the tools the tests run.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -15,8 +15,8 @@ from deeplabv3_tf.evaluate import evaluate_model, evaluate_run
 from deeplabv3_tf.export import load_trained_model
 from deeplabv3_tf.metrics import iou_from_confusion
 from deeplabv3_tf.predict import predict_files
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("scales,flip", [((1.0,), False), ((0.75, 1.25), True)])

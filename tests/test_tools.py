@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 from deeplabv3_tf.synthetic import write_voc_dataset
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):

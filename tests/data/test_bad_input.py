@@ -21,6 +21,7 @@ from deeplabv3_tf.data.tfrecord_builders.shards import (
     SplitSpec, Task, WorkerDiedError, write_split)
 from deeplabv3_tf.synthetic import write_voc_dataset
 from tests.data.fixtures import encode_index, read_records
+from tests.helpers import ROOT
 
 QUIET = dict(progress=False, log=lambda _: None)
 
@@ -163,7 +164,7 @@ def test_killed_build_leaves_no_complete_looking_shard_and_rerun_finishes(
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-c", KILLABLE_BUILD, info["voc_dir"], str(out), "0.15"],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        cwd=ROOT)
     progress = out / ".train.progress.json"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -245,7 +246,7 @@ def test_workers_end_when_the_build_is_killed(tmp_path):
     pid_dir.mkdir()
     process = subprocess.Popen(
         [sys.executable, "-c", ORPHANING_BUILD, str(tmp_path / "out"), str(pid_dir)],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        cwd=ROOT)
     deadline = time.time() + 120
     while len(list(pid_dir.iterdir())) < 2 and time.time() < deadline:
         time.sleep(0.05)

@@ -28,6 +28,7 @@ from deeplabv3_tf.model.classifier import build_classifier
 from deeplabv3_tf.model.torchvision_weights import (
     TORCH_MISSING, import_torchvision, load_state_dict, read_state_dict)
 from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model
+from tests.helpers import ROOT
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 if not HAVE_TORCH and not os.environ.get("DEEPLABV3_REQUIRE_TORCH"):
@@ -39,7 +40,6 @@ HAVE_TORCHVISION = HAVE_TORCH and importlib.util.find_spec("torchvision") is not
 SOURCE = "torchvision" if HAVE_TORCHVISION else "replica"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 SIZES = ("321x321", "320x480")
 # torch float32 against float64 differs by ~4e-4 on these models (O(1) logits).
 ATOL = 1e-3

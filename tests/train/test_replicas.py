@@ -18,8 +18,8 @@ import pytest
 
 from deeplabv3_tf.data.tfrecord_builders import build_voc
 from deeplabv3_tf.synthetic import write_voc_dataset
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ONE_STEP = textwrap.dedent("""
     import dataclasses, sys

@@ -22,8 +22,8 @@ from deeplabv3_tf.model.transfer import initialize_from_run
 from deeplabv3_tf.synthetic import write_voc_dataset
 from deeplabv3_tf.train import train
 from tests.data.fixtures import write_classification
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = dict(progress=False, log=lambda _: None)
 
 
