@@ -1,13 +1,12 @@
 """The training optimizer (fused momentum kernel) updates as keras.optimizers.SGD does."""
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import ROOT
 
 # Three steps of a small conv net, ours against Keras', from the same weights;
 # prints the largest difference of weights and momenta, and how far they moved.
