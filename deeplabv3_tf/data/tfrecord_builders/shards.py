@@ -137,16 +137,16 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _discard_executor(num_workers: int) -> None:
+def _discard_executor(num_workers: int, wait: bool = False) -> None:
     executor = _EXECUTORS.pop(num_workers, None)
     if executor is not None:
-        executor.shutdown(wait=False, cancel_futures=True)
+        executor.shutdown(wait=wait, cancel_futures=True)
 
 
 @atexit.register
 def _shutdown_executors() -> None:
     for num_workers in list(_EXECUTORS):
-        _EXECUTORS.pop(num_workers).shutdown(wait=True, cancel_futures=True)
+        _discard_executor(num_workers, wait=True)
 
 
 def _run_chunk(encode: Callable[[Task], Encoded], tasks: Sequence[Task]) -> list:
