@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 from deeplabv3_tf.config import ModelConfig
 
 # The repository root: the working directory of the tools the tests run.
@@ -14,3 +16,24 @@ def tiny_config(**overrides) -> ModelConfig:
                   aspp_filters=16)
     values.update(overrides)
     return ModelConfig(**values)
+
+
+def assert_close(actual, expected, rel: float = 1e-5, err_msg: str = ""):
+    """Two computations of the same function agree to round-off.
+
+    Different graphs, kernels and CPUs (AVX-512 with or without AMX, another
+    blocking or summation order) round differently; the round-off of a sum
+    grows with the magnitude of what is summed, not with each output value.
+    So the tolerance is `rel` times the largest |expected|, for every value:
+    a value near zero may differ by as much as a large one.
+
+    Args:
+      actual, expected: Arrays of the same shape.
+      rel: Tolerance relative to max |expected| (float32 round-off of a deep
+        network is ~1e-6 of it; bfloat16 and float16 need ~1e-2).
+    """
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = float(np.abs(expected).max()) if expected.size else 0.0
+    assert scale > 0, "expected is all zeros: the comparison would say nothing"
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rel * scale, err_msg=err_msg)

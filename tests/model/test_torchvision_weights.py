@@ -28,7 +28,7 @@ from deeplabv3_tf.model.classifier import build_classifier
 from deeplabv3_tf.model.torchvision_weights import (
     TORCH_MISSING, import_torchvision, load_state_dict, read_state_dict)
 from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model
-from tests.helpers import ROOT
+from tests.helpers import ROOT, assert_close
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 if not HAVE_TORCH and not os.environ.get("DEEPLABV3_REQUIRE_TORCH"):
@@ -41,8 +41,11 @@ SOURCE = "torchvision" if HAVE_TORCHVISION else "replica"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = ("321x321", "320x480")
-# torch float32 against float64 differs by ~4e-4 on these models (O(1) logits).
-ATOL = 1e-3
+# torch float32 against float64 differs by ~4e-4 on these models (logits of std
+# 2-7); TensorFlow against torch by up to 2.2e-4 on one CPU. Round-off grows with
+# the magnitude of the values summed, so the tolerance is relative to the
+# largest |logit| (a wrong dilation moves logits by ~11, BN eps 1e-3 by ~6).
+REL = 1e-4
 
 
 def torchvision_reference(arch: str, seed: int, directory, sizes=SIZES, source=SOURCE):
@@ -92,7 +95,7 @@ def test_deeplabv3_r50_logits_equal_torchvision(deeplab_r50, size):
     assert actual.shape == expected.shape == (1, height, width, 21)
     # Logits are O(1), so the tolerance is meaningful.
     assert 0.3 < expected.std() < 30
-    np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=0)
+    assert_close(actual, expected, rel=REL)
     assert experiment.model.output_stride == 8
     assert experiment.data.class_names[15] == "person"
 
@@ -107,8 +110,8 @@ def test_deeplabv3_aux_head_equals_torchvision(deeplab_r50):
     model = build_deeplabv3(experiment.model)  # with the aux head, as trained
     restore_model(model, latest_checkpoint(run))
     outputs = model(expected["images"], training=False)
-    np.testing.assert_allclose(outputs[LOGITS].numpy(), expected["out"], atol=ATOL, rtol=0)
-    np.testing.assert_allclose(outputs[AUX_LOGITS].numpy(), expected["aux"], atol=ATOL, rtol=0)
+    assert_close(outputs[LOGITS].numpy(), expected["out"], rel=REL)
+    assert_close(outputs[AUX_LOGITS].numpy(), expected["aux"], rel=REL)
 
 
 def test_import_writes_a_run_with_provenance(deeplab_r50):
@@ -146,8 +149,7 @@ def test_resnet50_backbone_and_classifier_equal_torchvision(resnet50, size):
     restore_model(model, latest_checkpoint(run))
     expected = reference[size]["out"]
     assert 0.3 < expected.std() < 30
-    np.testing.assert_allclose(model(reference[size]["images"], training=False).numpy(),
-                               expected, atol=ATOL, rtol=0)
+    assert_close(model(reference[size]["images"], training=False).numpy(), expected, rel=REL)
 
 
 def test_imported_backbone_initialises_deeplab_training(resnet50):
@@ -244,7 +246,7 @@ def test_cli_import_then_export_serves_torchvision_outputs(deeplab_r50, tmp_path
     assert mask.shape == (1, 161, 241)
     # Pixels where torchvision's two best classes are within the tolerance may flip.
     top2 = np.sort(expected["out"], axis=-1)[..., -2:]
-    decided = (top2[..., 1] - top2[..., 0]) > 2 * ATOL
+    decided = (top2[..., 1] - top2[..., 0]) > 2 * REL * np.abs(expected["out"]).max()
     assert decided.mean() > 0.95
     np.testing.assert_array_equal(mask[decided], expected["out"].argmax(-1)[decided])
 
