@@ -188,11 +188,12 @@ def save_experiment(experiment: ExperimentConfig, directory: str) -> str:
 
 def load_experiment(directory: str) -> ExperimentConfig:
     """Reads experiment.json from a run directory (or a checkpoint's directory)."""
+    given = directory
     if not os.path.isdir(directory):
         directory = os.path.dirname(directory)
     path = os.path.join(directory, EXPERIMENT_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No {EXPERIMENT_FILE} in {directory}: is it a training run?")
+        raise FileNotFoundError(f"{given} is not a training run: no {path}.")
     with open(path) as f:
         return ExperimentConfig.from_dict(json.load(f))
 

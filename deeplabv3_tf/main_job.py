@@ -58,11 +58,8 @@ class MainJobConfig:
 def _tool(name: str, *args: str, log: Callable[[str], None]) -> str:
     command = [sys.executable, os.path.join("tools", name), *args]
     log("$ " + " ".join(shlex.quote(c) for c in ["python", *command[1:]]))
-    # TensorFlow's C++ start-up chatter (e.g. "failed call to cuInit" on a
-    # machine without a GPU) is hidden unless the user asked for it.
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    # Each tool hides TensorFlow's C++ start-up notices itself (cli.start_tensorflow).
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if result.returncode:
         raise RuntimeError(f"{name} failed with exit code {result.returncode}.")
     for line in result.stdout.splitlines():

@@ -4,14 +4,48 @@ import os
 import subprocess
 import sys
 
+from deeplabv3_tf.cli import startup_lines_to_show
 from deeplabv3_tf.synthetic import write_voc_dataset
 from tests.helpers import ROOT
 
 
-
-def _run(*args):
+def _run(*args, env=None):
+    # Without the test session's TF_CPP_MIN_LOG_LEVEL: the tools as users run them.
+    env = {k: v for k, v in (env or os.environ).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
+
+
+# What TensorFlow 2.21 printed at start-up on a CPU machine, and a real error.
+STARTUP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796161730.621152    3929 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results due to floating-point round-off errors from different computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.
+I0000 00:00:1796161730.621561    3929 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1796161730.700055    3929 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available CPU instructions in performance-critical operations.
+To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.
+E0000 00:00:1796161736.621444    3934 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
+E0000 00:00:1796161736.700000    3934 some_kernel.cc:12] Something real went wrong
+"""
+
+
+def test_startup_notices_are_dropped_and_errors_kept():
+    assert startup_lines_to_show(STARTUP) == [STARTUP.splitlines()[-1]]
+    # With a CUDA driver present, a failing cuInit is a real error.
+    with_driver = "\n".join(l for l in STARTUP.splitlines() if "Could not find cuda" not in l)
+    assert [l for l in startup_lines_to_show(with_driver) if "cuInit" in l]
+
+
+def test_tools_print_no_startup_notices_unless_asked(tmp_path):
+    missing = str(tmp_path / "absent")
+    quiet = _run("tools/export.py", f"--model_dir={missing}", f"--export_dir={tmp_path}")
+    assert quiet.returncode == 1
+    # One line: the error, nothing from TensorFlow's start-up.
+    (line,) = quiet.stderr.strip().splitlines()
+    assert line.startswith("error: ") and missing in line
+    loud = _run("tools/export.py", f"--model_dir={missing}", f"--export_dir={tmp_path}",
+                env=dict(os.environ, DEEPLABV3_TF_LOGS="all"))
+    assert loud.returncode == 1
+    assert "oneDNN custom operations are on" in loud.stderr or "cpu_feature_guard" in loud.stderr
 
 
 def test_build_tfrecords_voc_and_error_exit(tmp_path):

@@ -15,13 +15,16 @@ Shards: <split>-NNNNN-of-NNNNN.tfrecord; manifest: <split>.manifest.json.
 A killed build is finished by rerunning the same command.
 """
 
-import signal
-import sys
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
-from absl import app, flags, logging
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
-from deeplabv3_tf.cli import run_reporting_errors
-from deeplabv3_tf.data import tfrecord_builders as builders
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.data import tfrecord_builders as builders  # noqa: E402
 
 SOURCES = ("voc", "voc_aug", "coco", "cityscapes", "folder", "classification")
 

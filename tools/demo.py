@@ -7,10 +7,9 @@
   python tools/demo.py --model_only             # build R101, print its summary and cost only
 """
 
-import os
+from deeplabv3_tf.cli import start_tensorflow
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) unless asked for.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags  # noqa: E402
 

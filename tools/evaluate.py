@@ -5,10 +5,13 @@
       --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip                    # one setting
 """
 
-from absl import app, flags, logging
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
-from deeplabv3_tf.cli import run_reporting_errors
-from deeplabv3_tf.evaluate import evaluate_run
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
+
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.evaluate import evaluate_run  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("records", None, "Glob of evaluation shards (default: the run's val records).")

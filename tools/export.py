@@ -7,10 +7,13 @@
 Writes EXPORT_DIR/<version>/ (next free integer by default).
 """
 
-from absl import app, flags, logging
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
-from deeplabv3_tf.cli import run_reporting_errors
-from deeplabv3_tf.export import DEFAULT_SCALES, ExportOptions, export_saved_model
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
+
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.export import DEFAULT_SCALES, ExportOptions, export_saved_model  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("export_dir", None, "Model base path for TF Serving.", required=True)

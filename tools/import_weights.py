@@ -11,10 +11,13 @@ run whose backbone `--set train.init=DIR` loads). Needs torch:
 pip install -r requirements-torch.txt.
 """
 
-from absl import app, flags, logging
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
-from deeplabv3_tf.cli import run_reporting_errors
-from deeplabv3_tf.model.torchvision_weights import ARCHITECTURES, import_torchvision
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
+
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.model.torchvision_weights import ARCHITECTURES, import_torchvision  # noqa: E402
 
 FRAMEWORKS = ("torchvision",)
 

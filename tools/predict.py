@@ -4,10 +4,13 @@
   python tools/predict.py --source exports/deeplabv3/1 --output_dir out photos/
 """
 
-from absl import app, flags, logging
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
-from deeplabv3_tf.cli import run_reporting_errors
-from deeplabv3_tf.predict import predict_files
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
+
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.predict import predict_files  # noqa: E402
 
 flags.DEFINE_string("source", None, "Run directory or SavedModel version directory.", required=True)
 flags.DEFINE_string("output_dir", "predictions", "Where masks and overlays go.")

@@ -8,14 +8,17 @@ Recipes: voc_r101_os16, voc_r101_os8_trainval, coco_r101_os16, voc_r101_os16_fro
 cityscapes_r101_os16, jft_r101_pretrain, tiny_voc, tiny_jft.
 """
 
-import json
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
-import tensorflow as tf
-from absl import app, flags, logging
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
-from deeplabv3_tf.cli import run_reporting_errors
-from deeplabv3_tf.experiments import RECIPES, get_recipe, override
-from deeplabv3_tf.train import train
+import json  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.experiments import RECIPES, get_recipe, override  # noqa: E402
+from deeplabv3_tf.train import train  # noqa: E402
 
 flags.DEFINE_enum("experiment", "voc_r101_os16", sorted(RECIPES), "Recipe to train.")
 flags.DEFINE_string("model_dir", None, "Run directory (default: runs/<experiment>).")
