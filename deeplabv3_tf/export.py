@@ -3,28 +3,14 @@
 `export_saved_model` writes EXPORT_DIR/<version>/ (a positive integer, as TF
 Serving expects), built from the experiment.json saved beside the checkpoint so
 that preprocessing and architecture cannot drift from training; only the
-inference output stride may differ (default: the training one). The module owns
-preprocessing, model and post-processing. Signatures:
-
-  serving_default   images uint8 [B, H, W, 3] -> semantic int32 [B, H, W]
-                    (+ probabilities float32 [B, H, W, C] with with_probabilities)
-  multiscale_flip   same, with the export's scales and left-right flip
-  encoded_image     images string [B] (JPEG/PNG/GIF/BMP bytes, any sizes) ->
-                    semantic int32 [B, Hmax, Wmax] (padded with the ignore label),
-                    height, width int32 [B], semantic_png_bytes string [B]
-                    (each mask as a PNG at its own size; TF Serving's REST API
-                    base64-encodes outputs whose name ends in "_bytes")
-  tf_example        examples string [B] (serialised tf.Example with
-                    image/encoded) -> as encoded_image
-  metadata          unused int32 [] -> class_names string [C], palette int32
-                    [C, 3], num_classes, ignore_label, output_stride,
-                    training_output_stride, scales, flip, max_side, precision (TF Serving
-                    rejects signatures without inputs, hence `unused`)
+inference output stride may differ (default: the training one). What is served
+(signatures, request checks, the pixel budget) is `serving.SegmentationModule`.
 
 Class names and the palette also travel as assets (assets/class_names.txt,
 assets/palette.txt). assets.extra/tf_serving_warmup_requests holds one
-PredictionLog per image signature. No function is XLA-compiled: TF Serving
-does not reliably load such graphs (tensorflow/serving#2214).
+PredictionLog per image signature; assets.extra/export_config.json the
+experiment, checkpoint and export options. No function is XLA-compiled: TF
+Serving does not reliably load such graphs (tensorflow/serving#2214).
 """
 
 from __future__ import annotations
@@ -39,149 +25,15 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from deeplabv3_tf.classes import IGNORE_LABEL, voc_palette
 from deeplabv3_tf.data import schema
-from deeplabv3_tf.experiments import ExperimentConfig, load_experiment
-from deeplabv3_tf.inference import predict_probabilities
+from deeplabv3_tf.experiments import load_experiment
 from deeplabv3_tf.model import build_deeplabv3
-from deeplabv3_tf.model.fold import PRECISIONS, fold_batch_norm
+from deeplabv3_tf.model.fold import fold_batch_norm
 from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model, transfer_weights
+from deeplabv3_tf.serving import ExportOptions, SegmentationModule
 
-DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-IMAGE_SIGNATURES = ("serving_default", "multiscale_flip", "encoded_image", "tf_example")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    """What the exported graph does beyond the trained model.
-
-    Attributes:
-      output_stride: Inference output stride (None: the training one).
-      scales: Scales of the multiscale_flip signature.
-      flip: Left-right flip in multiscale_flip.
-      with_probabilities: Add `probabilities` to serving_default and
-        multiscale_flip (off by default: 513x513x21 float32 is 22 MB per image,
-        above gRPC's default 4 MB message limit).
-      max_side: Resize images whose longest side exceeds this inside the graph
-        (masks still come back at the original size); 0 = never.
-      fold_batch_norm: Fold every BatchNorm into its conv (`model.fold`):
-        the same function with fewer ops. In float32 on CPU grappler already
-        fuses the (fused) BatchNorm into the conv, so speed is unchanged; the
-        bfloat16 graph needs it (Keras' BatchNorm computes in float32).
-      precision: "float32", or "bfloat16" for CPUs with AVX512_BF16 or AMX
-        (about twice as fast; masks agree with float32 on >= 99.5% of
-        pixels). Probabilities stay float32 either way.
-    """
-
-    output_stride: int | None = None
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    flip: bool = True
-    with_probabilities: bool = False
-    max_side: int = 0
-    fold_batch_norm: bool = True
-    precision: str = "float32"
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}.")
-        if self.precision != "float32" and not self.fold_batch_norm:
-            raise ValueError("precision='bfloat16' exports the folded graph; "
-                             "leave fold_batch_norm on.")
-
-
-class SegmentationModule(tf.Module):
-    """Preprocessing, model and post-processing, as tf.functions for serving."""
-
-    def __init__(self, model, experiment: ExperimentConfig, options: ExportOptions):
-        super().__init__(name="deeplabv3")
-        self.model = model
-        self.options = options
-        self.num_classes = experiment.model.num_classes
-        self.class_names = list(experiment.data.class_names) or [
-            str(i) for i in range(self.num_classes)]
-        self.palette = voc_palette()[: self.num_classes].astype(np.int32)
-        self.training_output_stride = experiment.model.output_stride
-        self.output_stride = options.output_stride or experiment.model.output_stride
-
-        images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
-        bytes_spec = tf.TensorSpec([None], tf.string, name="images")
-        examples_spec = tf.TensorSpec([None], tf.string, name="examples")
-        self.serving_default = tf.function(
-            lambda images: self._dense(images, (1.0,), False), input_signature=[images_spec])
-        self.multiscale_flip = tf.function(
-            lambda images: self._dense(images, options.scales, options.flip),
-            input_signature=[images_spec])
-        self.encoded_image = tf.function(self._encoded, input_signature=[bytes_spec])
-        self.tf_example = tf.function(self._examples, input_signature=[examples_spec])
-        self.metadata = tf.function(
-            self._metadata, input_signature=[tf.TensorSpec([], tf.int32, name="unused")])
-
-    def signatures(self) -> dict:
-        return {name: getattr(self, name) for name in IMAGE_SIGNATURES + ("metadata",)}
-
-    def _probabilities(self, images, scales, flip):
-        """float32 [B, H, W, C] for float32 images [B, H, W, 3] in [0, 255]."""
-        max_side = self.options.max_side
-        if not max_side:
-            return predict_probabilities(self.model, images, scales, flip)
-        size = tf.shape(images)[1:3]
-        longest = tf.reduce_max(size)
-
-        def shrunk():
-            target = tf.cast(tf.round(tf.cast(size, tf.float32) * max_side
-                                      / tf.cast(longest, tf.float32)), tf.int32)
-            small = tf.image.resize(images, tf.maximum(target, 1))
-            probabilities = predict_probabilities(self.model, small, scales, flip)
-            return tf.image.resize(probabilities, size)
-
-        return tf.cond(longest > max_side, shrunk,
-                       lambda: predict_probabilities(self.model, images, scales, flip))
-
-    def _dense(self, images, scales, flip):
-        probabilities = self._probabilities(tf.cast(images, tf.float32), scales, flip)
-        outputs = {"semantic": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
-        if self.options.with_probabilities:
-            outputs["probabilities"] = probabilities
-        return outputs
-
-    def _encoded(self, images):
-        def segment(data):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
-                                       expand_animations=False)
-            image.set_shape([None, None, 3])
-            mask = self._dense(image[None], (1.0,), False)["semantic"][0]
-            png = tf.io.encode_png(tf.cast(mask, tf.uint8)[..., None])
-            return tf.RaggedTensor.from_tensor(mask), png, tf.shape(mask)
-
-        # Each image is decoded once; masks of different sizes come back ragged
-        # and are padded to the largest with the ignore label.
-        masks, pngs, sizes = tf.map_fn(
-            segment, images, fn_output_signature=(
-                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-                tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
-        return {"semantic": masks.to_tensor(default_value=IGNORE_LABEL), "height": sizes[:, 0], "width": sizes[:, 1],
-                "semantic_png_bytes": pngs}
-
-    def _examples(self, examples):
-        parsed = tf.io.parse_example(
-            examples, {schema.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)})
-        return self._encoded(parsed[schema.IMAGE_ENCODED])
-
-    def _metadata(self, unused):
-        del unused
-        return {
-            "class_names": tf.constant(self.class_names),
-            "palette": tf.constant(self.palette),
-            "num_classes": tf.constant(self.num_classes),
-            "ignore_label": tf.constant(IGNORE_LABEL),
-            "output_stride": tf.constant(self.output_stride),
-            "training_output_stride": tf.constant(self.training_output_stride),
-            "scales": tf.constant(list(self.options.scales), tf.float32),
-            "flip": tf.constant(self.options.flip),
-            "max_side": tf.constant(self.options.max_side),
-            "precision": tf.constant(self.options.precision),
-        }
+CONFIG_FILE = os.path.join("assets.extra", "export_config.json")
 
 
 def load_trained_model(run_dir: str, output_stride: int | None = None,
@@ -289,9 +141,10 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
         warm = [rng.integers(0, 255, (97, 131, 3), dtype=np.uint8),
                 rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)]
         _warmup_requests(os.path.join(saved, WARMUP_FILE), warm)
-        with open(os.path.join(saved, "assets.extra", "export_config.json"), "w") as f:
+        with open(os.path.join(saved, CONFIG_FILE), "w") as f:
             json.dump({"experiment": experiment.to_dict(), "checkpoint": prefix,
                        "options": dataclasses.asdict(options),
+                       "max_request_pixels": options.request_pixels,
                        "output_stride": module.output_stride}, f, indent=2)
         os.rename(saved, final)
     finally:

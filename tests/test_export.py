@@ -173,7 +173,7 @@ def test_saved_model_cli_lists_signatures(exported):
                  "semantic_png_bytes", "probabilities"):
         assert f"'{name}'" in text or f"[{name}]" in text, name
     serving = text.split("signature_def['serving_default']")[1].split("signature_def[")[0]
-    assert "dtype: DT_UINT8" in serving and "shape: (-1, -1, -1, 3)" in serving
+    assert "dtype: DT_UINT8" in serving and "shape: (-1, -1, -1, -1)" in serving
     assert "dtype: DT_INT32" in serving and "shape: (-1, -1, -1)" in serving
     encoded = text.split("signature_def['encoded_image']")[1].split("signature_def[")[0]
     assert "dtype: DT_STRING" in encoded and "shape: (-1)" in encoded

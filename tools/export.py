@@ -2,7 +2,8 @@
 
   python tools/export.py --model_dir runs/voc_r101_os16 --export_dir exports/deeplabv3 \\
       [--output_stride 8] [--scales 0.5,0.75,1,1.25,1.5,1.75] [--noflip] \\
-      [--with_probabilities] [--max_side 1024] [--precision bfloat16] [--version 3]
+      [--with_probabilities] [--max_side 1024] [--max_pixels 4194304] [--server_batching] \\
+      [--precision bfloat16] [--version 3]
 
 Writes EXPORT_DIR/<version>/ (next free integer by default).
 """
@@ -13,7 +14,8 @@ start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.export import DEFAULT_SCALES, ExportOptions, export_saved_model  # noqa: E402
+from deeplabv3_tf.export import export_saved_model  # noqa: E402
+from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS, DEFAULT_SCALES, ExportOptions  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("export_dir", None, "Model base path for TF Serving.", required=True)
@@ -24,6 +26,14 @@ flags.DEFINE_list("scales", [str(s) for s in DEFAULT_SCALES], "Scales of multisc
 flags.DEFINE_bool("flip", True, "Left-right flip in multiscale_flip.")
 flags.DEFINE_bool("with_probabilities", False, "Also output per-class probabilities.")
 flags.DEFINE_integer("max_side", 0, "Resize larger images to this longest side in the graph (0: never).")
+flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
+                     "Pixels one image may have (GIF: x frames); larger ones are refused "
+                     "before decoding (0: no limit).")
+flags.DEFINE_integer("max_request_pixels", None,
+                     "Pixels one request may hold, B x H x W (default: --max_pixels; 0: no limit).")
+flags.DEFINE_bool("server_batching", False,
+                  "For TF Serving's --enable_batching: no request is refused because of "
+                  "another merged with it (README, Export and serving).")
 flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, fewer ops).")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute precision of the exported convs (bfloat16: CPUs with AVX512_BF16/AMX).")
@@ -36,6 +46,9 @@ def main(argv):
     options = ExportOptions(output_stride=FLAGS.output_stride,
                             scales=tuple(float(s) for s in FLAGS.scales), flip=FLAGS.flip,
                             with_probabilities=FLAGS.with_probabilities, max_side=FLAGS.max_side,
+                            max_pixels=FLAGS.max_pixels,
+                            max_request_pixels=FLAGS.max_request_pixels,
+                            server_batching=FLAGS.server_batching,
                             fold_batch_norm=FLAGS.fold_batch_norm, precision=FLAGS.precision)
     return run_reporting_errors(lambda: print(export_saved_model(
         FLAGS.model_dir, FLAGS.export_dir, options, version=FLAGS.version,

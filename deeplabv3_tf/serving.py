@@ -1,0 +1,380 @@
+"""The served functions: request checks, preprocessing, model and post-processing.
+
+`SegmentationModule` holds what `export.export_saved_model` saves. Signatures:
+
+  serving_default   images uint8 [B, H, W, C] (C = 1 grey, 2 grey + alpha,
+                    3 RGB, 4 RGBA; alpha is dropped) -> semantic int32 [B, H, W]
+                    (+ probabilities float32 [B, H, W, K] with with_probabilities)
+  multiscale_flip   same, with the export's scales and left-right flip
+  encoded_image     images string [B] (JPEG/PNG/GIF/BMP/WebP bytes, any sizes) ->
+                    semantic int32 [B, Hmax, Wmax] (padded with the ignore label),
+                    height, width int32 [B], semantic_png_bytes string [B]
+                    (each mask as a PNG at its own size; TF Serving's REST API
+                    base64-encodes outputs whose name ends in "_bytes");
+                    with server_batching also error string [B]
+  tf_example        examples string [B] (serialised tf.Example with
+                    image/encoded) -> as encoded_image
+  metadata          unused int32 [] -> class_names, palette, num_classes,
+                    ignore_label, output_stride, training_output_stride, scales,
+                    flip, max_side, max_pixels, max_request_pixels,
+                    server_batching, precision (TF Serving rejects signatures
+                    without inputs, hence `unused`)
+
+The pixel budget. TF Serving runs every model of a server in one process: one
+request that decodes or segments too many pixels takes them all down. So each
+request is checked before any image is decoded or any tensor of its size is
+made: every image against `max_pixels` (encoded images by their headers,
+`image_header.read_header`: GIF frames count, unknown formats are refused),
+and the whole request against `max_request_pixels`: the dense input B x H x W,
+or for encoded images the padded answer B x Hmax x Wmax. A request over either
+answers INVALID_ARGUMENT naming its size and the budget, as does every
+malformed request (empty strings, cut-off or unknown bytes, zero-size or
+5-channel tensors); an empty batch answers empty outputs.
+
+Under TF Serving's server-side batching the signature sees the merged batch of
+several clients' requests, and an error fails all of them. Exported with
+`server_batching`, nothing that depends on another request refuses: the
+request-level check is off (the merged batch is bounded by the batching
+configuration's max_batch_size instead), an encoded image over budget or of
+an unknown format gets an empty mask and its own `error` text, and a dense
+batch padded past the per-image budget is shrunk to fit it (as max_side does)
+rather than refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from deeplabv3_tf.classes import IGNORE_LABEL, voc_palette
+from deeplabv3_tf.data import schema
+from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
+from deeplabv3_tf.inference import predict_probabilities, upsampled_labels
+from deeplabv3_tf.model.fold import PRECISIONS
+
+DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+IMAGE_SIGNATURES = ("serving_default", "multiscale_flip", "encoded_image", "tf_example")
+# 2048 x 2048: an R101 export at output stride 16 answers one image of this
+# size in about 4.3 GB, at stride 8 in about 6.7 GB (README, bench/serving_memory.py).
+DEFAULT_MAX_PIXELS = 2048 * 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """What the exported graph does beyond the trained model.
+
+    Attributes:
+      output_stride: Inference output stride (None: the training one).
+      scales: Scales of the multiscale_flip signature.
+      flip: Left-right flip in multiscale_flip.
+      with_probabilities: Add `probabilities` to serving_default and
+        multiscale_flip (off by default: 513x513x21 float32 is 22 MB per image,
+        above gRPC's default 4 MB message limit).
+      max_side: Resize images whose longest side exceeds this inside the graph
+        (masks still come back at the original size); 0 = never.
+      max_pixels: Pixels one image may have (GIF: x frames); larger images are
+        refused with INVALID_ARGUMENT before they are decoded. 0 = no limit.
+      max_request_pixels: Pixels one request may hold (dense: B x H x W;
+        encoded: the padded answer B x Hmax x Wmax). None: `max_pixels`;
+        0 = no limit.
+      server_batching: For TF Serving's server-side batching: no check that
+        depends on other requests of a merged batch refuses it (module doc).
+      fold_batch_norm: Fold every BatchNorm into its conv (`model.fold`):
+        the same function with fewer ops. In float32 on CPU grappler already
+        fuses the (fused) BatchNorm into the conv, so speed is unchanged; the
+        bfloat16 graph needs it (Keras' BatchNorm computes in float32).
+      precision: "float32", or "bfloat16" for CPUs with AVX512_BF16 or AMX
+        (about twice as fast; masks agree with float32 on >= 99.5% of
+        pixels). Probabilities stay float32 either way.
+    """
+
+    output_stride: int | None = None
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+    with_probabilities: bool = False
+    max_side: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int | None = None
+    server_batching: bool = False
+    fold_batch_norm: bool = True
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}.")
+        if self.precision != "float32" and not self.fold_batch_norm:
+            raise ValueError("precision='bfloat16' exports the folded graph; "
+                             "leave fold_batch_norm on.")
+        for name in ("max_side", "max_pixels", "max_request_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value}: give a positive number, or 0 for no limit.")
+
+    @property
+    def request_pixels(self) -> int:
+        """The per-request budget in effect (0: none)."""
+        if self.server_batching:
+            return 0
+        return self.max_pixels if self.max_request_pixels is None else self.max_request_pixels
+
+
+def _string(value) -> tf.Tensor:
+    return tf.strings.as_string(value)
+
+
+def _join(*parts) -> tf.Tensor:
+    return tf.strings.join([p if isinstance(p, tf.Tensor) else tf.constant(p) for p in parts])
+
+
+def _refuse_unless(ok, message) -> tf.Operation:
+    """INVALID_ARGUMENT with `message` (string scalar) where `ok` is false."""
+    return tf.debugging.Assert(ok, [message], summarize=1)
+
+
+class SegmentationModule(tf.Module):
+    """Preprocessing, model and post-processing, as tf.functions for serving."""
+
+    def __init__(self, model, experiment, options: ExportOptions):
+        super().__init__(name="deeplabv3")
+        self.model = model
+        self.options = options
+        self.num_classes = experiment.model.num_classes
+        self.class_names = list(experiment.data.class_names) or [
+            str(i) for i in range(self.num_classes)]
+        self.palette = voc_palette()[: self.num_classes].astype(np.int32)
+        self.training_output_stride = experiment.model.output_stride
+        self.output_stride = options.output_stride or experiment.model.output_stride
+
+        images_spec = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
+        bytes_spec = tf.TensorSpec([None], tf.string, name="images")
+        examples_spec = tf.TensorSpec([None], tf.string, name="examples")
+        self.serving_default = tf.function(
+            lambda images: self._dense(images, (1.0,), False), input_signature=[images_spec])
+        self.multiscale_flip = tf.function(
+            lambda images: self._dense(images, options.scales, options.flip),
+            input_signature=[images_spec])
+        self.encoded_image = tf.function(
+            lambda images: self._encoded(images, "image"), input_signature=[bytes_spec])
+        self.tf_example = tf.function(self._examples, input_signature=[examples_spec])
+        self.metadata = tf.function(
+            self._metadata, input_signature=[tf.TensorSpec([], tf.int32, name="unused")])
+
+    def signatures(self) -> dict:
+        return {name: getattr(self, name) for name in IMAGE_SIGNATURES + ("metadata",)}
+
+    # Prediction -----------------------------------------------------------
+
+    def _target_size(self, size, shrink_to_budget: bool):
+        """The size the network sees: `size` unless max_side (or, with
+        `shrink_to_budget`, max_pixels) asks for less; int32 [2]."""
+        options = self.options
+        hw = tf.cast(size, tf.float32)
+        factor = tf.constant(1.0)
+        if options.max_side:
+            factor = tf.minimum(factor, options.max_side / tf.reduce_max(hw))
+        if shrink_to_budget and options.max_pixels:
+            factor = tf.minimum(factor, tf.sqrt(options.max_pixels / (hw[0] * hw[1])))
+        # floor, so that a budget is never exceeded by rounding.
+        target = tf.cast(tf.floor(hw * factor + 1e-3), tf.int32)
+        return tf.where(factor < 1.0, tf.maximum(target, 1), size)
+
+    def _predict(self, images, scales, flip, shrink_to_budget=False):
+        """{"semantic": int32 [B, H, W] (+ "probabilities")} for float32 [B, H, W, 3].
+
+        No float tensor of the full size beyond what the network itself makes:
+        single-scale masks come from the logits (no softmax), and shrunk images'
+        masks are upsampled block by block (`upsampled_labels`).
+        """
+        with_probabilities = self.options.with_probabilities
+        size = tf.shape(images)[1:3]
+        target = self._target_size(size, shrink_to_budget)
+
+        def whole():
+            if not with_probabilities and tuple(scales) == (1.0,) and not flip:
+                logits = self.model(images, training=False)
+                return {"semantic": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+            probabilities = predict_probabilities(self.model, images, scales, flip)
+            outputs = {"semantic": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+            if with_probabilities:
+                outputs["probabilities"] = probabilities
+            return outputs
+
+        def shrunk():
+            small = tf.image.resize(images, target)
+            probabilities = predict_probabilities(self.model, small, scales, flip)
+            outputs = {"semantic": upsampled_labels(probabilities, size)}
+            if with_probabilities:
+                outputs["probabilities"] = tf.image.resize(probabilities, size)
+            return outputs
+
+        if not self.options.max_side and not (shrink_to_budget and self.options.max_pixels):
+            return whole()
+        return tf.cond(tf.reduce_any(target < size), shrunk, whole)
+
+    # Dense signatures -----------------------------------------------------
+
+    def _rgb(self, images):
+        """uint8 [B, H, W, C] -> float32 [B, H, W, 3]: grey repeated, alpha dropped
+        (as decode_image(channels=3) does with grey and RGBA PNGs)."""
+        channels = tf.shape(images)[3]
+        check = _refuse_unless(
+            (channels >= 1) & (channels <= 4),
+            _join("images have ", _string(channels), " channels: send 1 (grey), "
+                  "2 (grey + alpha), 3 (RGB) or 4 (RGBA)"))
+        with tf.control_dependencies([check]):
+            index = tf.clip_by_value(channels - 1, 0, 3)
+        rgb = tf.switch_case(index, [
+            lambda: tf.tile(images[..., :1], [1, 1, 1, 3]),
+            lambda: tf.tile(images[..., :1], [1, 1, 1, 3]),
+            lambda: images[..., :3],
+            lambda: images[..., :3]])
+        return tf.cast(tf.ensure_shape(rgb, [None, None, None, 3]), tf.float32)
+
+    def _dense_checks(self, images) -> list:
+        shape = tf.cast(tf.shape(images, out_type=tf.int64), tf.int64)
+        batch, height, width = shape[0], shape[1], shape[2]
+        size = _join(_string(height), "x", _string(width))
+        checks = [_refuse_unless(
+            tf.equal(batch, 0) | (height * width > 0),
+            _join("images are ", size, ": an image needs at least one pixel"))]
+        options = self.options
+        if options.max_pixels and not options.server_batching:
+            checks.append(_refuse_unless(
+                height * width <= options.max_pixels,
+                _join("images are ", size, " = ", _string(height * width),
+                      f" pixels each, over this model's budget of {options.max_pixels} "
+                      "pixels per image")))
+        if options.request_pixels:
+            checks.append(_refuse_unless(
+                batch * height * width <= options.request_pixels,
+                _join("the request holds ", _string(batch), " images of ", size, " = ",
+                      _string(batch * height * width), " pixels, over this model's budget "
+                      f"of {options.request_pixels} pixels per request")))
+        return checks
+
+    def _dense(self, images, scales, flip):
+        with tf.control_dependencies(self._dense_checks(images)):
+            images = tf.identity(images)
+
+        def empty():
+            shape = tf.shape(images)
+            outputs = {"semantic": tf.zeros(shape[:3], tf.int32)}
+            if self.options.with_probabilities:
+                outputs["probabilities"] = tf.zeros(
+                    tf.concat([shape[:3], [self.num_classes]], 0), tf.float32)
+            return outputs
+
+        return tf.cond(tf.equal(tf.shape(images)[0], 0), empty, lambda: self._predict(
+            self._rgb(images), scales, flip, shrink_to_budget=self.options.server_batching))
+
+    # Encoded signatures ---------------------------------------------------
+
+    def _header_problems(self, images, noun: str):
+        """Per-image headers and, where an image cannot be answered, why (string [B]).
+
+        Args:
+          images: string [B], encoded images.
+          noun: What the request calls one item ("image", "example").
+        """
+        headers = tf.map_fn(
+            lambda data: (lambda h: (h.height, h.width, h.frames, h.problem))(read_header(data)),
+            images, parallel_iterations=1, fn_output_signature=(
+                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
+                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32)))
+        height, width, frames, problem = headers
+        index = _string(tf.range(tf.size(images)))
+        prefix = tf.strings.join([noun, " ", index, ": "])
+        reason = tf.gather(tf.constant(PROBLEMS), problem)
+        if noun == "example":
+            reason = tf.where(tf.equal(problem, PROBLEMS.index("empty (0 bytes)")),
+                              f"has no {schema.IMAGE_ENCODED}", reason)
+        messages = tf.where(tf.equal(problem, OK), "", tf.strings.join([prefix, reason]))
+        max_pixels = self.options.max_pixels
+        if max_pixels:
+            pixels = height * width * frames
+            frames_text = tf.where(frames > 1, tf.strings.join([
+                " x ", _string(frames), " frames"]), "")
+            over = tf.strings.join([
+                prefix, _string(height), "x", _string(width), frames_text, " = ",
+                _string(pixels), f" pixels, over this model's budget of {max_pixels} pixels "
+                "per image"])
+            messages = tf.where(tf.equal(problem, OK) & (pixels > max_pixels), over, messages)
+        return height, width, messages
+
+    def _segment_one(self, data):
+        """Decodes one checked image and segments it: (mask int32 [H, W], PNG bytes)."""
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        image.set_shape([None, None, 3])
+        mask = self._predict(tf.cast(image, tf.float32)[None], (1.0,), False)["semantic"][0]
+        return mask, tf.io.encode_png(tf.cast(mask, tf.uint8)[..., None])
+
+    def _encoded(self, images, noun):
+        height, width, messages = self._header_problems(images, noun)
+        answerable = tf.equal(messages, "")
+        checks = []
+        if not self.options.server_batching:
+            bad = tf.where(~answerable)[:, 0]
+            first = tf.gather(messages, bad[:1])
+            checks.append(_refuse_unless(tf.size(bad) == 0, tf.strings.reduce_join(first)))
+        if self.options.request_pixels:
+            # The answer is padded to the largest height and width in the request.
+            batch = tf.cast(tf.size(images), tf.int64)
+            h_max = tf.maximum(tf.reduce_max(height), 0)
+            w_max = tf.maximum(tf.reduce_max(width), 0)
+            padded = batch * h_max * w_max
+            checks.append(_refuse_unless(
+                padded <= self.options.request_pixels,
+                _join("the request's ", _string(batch), " images are answered as one ",
+                      _string(batch), "x", _string(h_max), "x", _string(w_max), " array = ",
+                      _string(padded), " pixels, over this model's budget of "
+                      f"{self.options.request_pixels} pixels per request (send the images "
+                      "in smaller requests)")))
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
+
+        def one(item):
+            data, ok = item
+            mask, png = tf.cond(ok, lambda: self._segment_one(data),
+                                lambda: (tf.zeros([0, 0], tf.int32), tf.constant(b"")))
+            return tf.RaggedTensor.from_tensor(mask), png, tf.shape(mask)
+
+        # One image at a time: the network's memory is that of the largest image,
+        # whatever the batch. Masks of different sizes come back ragged and are
+        # padded to the largest with the ignore label.
+        masks, pngs, sizes = tf.map_fn(
+            one, (images, answerable), parallel_iterations=1, fn_output_signature=(
+                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+                tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)))
+        outputs = {"semantic": masks.to_tensor(default_value=IGNORE_LABEL),
+                   "height": sizes[:, 0], "width": sizes[:, 1], "semantic_png_bytes": pngs}
+        if self.options.server_batching:
+            outputs["error"] = messages
+        return outputs
+
+    def _examples(self, examples):
+        # A missing image/encoded reads as empty bytes, reported per example
+        # (a string that is no tf.Example fails parsing with INVALID_ARGUMENT).
+        parsed = tf.io.parse_example(examples, {
+            schema.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value="")})
+        return self._encoded(parsed[schema.IMAGE_ENCODED], "example")
+
+    def _metadata(self, unused):
+        del unused
+        options = self.options
+        return {
+            "class_names": tf.constant(self.class_names),
+            "palette": tf.constant(self.palette),
+            "num_classes": tf.constant(self.num_classes),
+            "ignore_label": tf.constant(IGNORE_LABEL),
+            "output_stride": tf.constant(self.output_stride),
+            "training_output_stride": tf.constant(self.training_output_stride),
+            "scales": tf.constant(list(options.scales), tf.float32),
+            "flip": tf.constant(options.flip),
+            "max_side": tf.constant(options.max_side),
+            "max_pixels": tf.constant(options.max_pixels, tf.int64),
+            "max_request_pixels": tf.constant(options.request_pixels, tf.int64),
+            "server_batching": tf.constant(options.server_batching),
+            "precision": tf.constant(options.precision),
+        }
