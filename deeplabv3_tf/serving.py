@@ -133,12 +133,33 @@ def _refuse_unless(ok, message) -> tf.Operation:
     return tf.debugging.Assert(ok, [message], summarize=1)
 
 
+class _Untracked:
+    """Holds an object out of tf.Module's tracking (it tracks what it can see)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class SegmentationModule(tf.Module):
-    """Preprocessing, model and post-processing, as tf.functions for serving."""
+    """Preprocessing, model and post-processing, as tf.functions for serving.
+
+    TF Serving (like any tf.compat.v1 loader) restores the variables that the
+    object graph holds, while the served functions read the tf.Variable inside
+    each Keras 3 variable. Saved through the Keras model, the object graph holds
+    the Keras variables instead: the served graph then reads variables that
+    nothing restored, and every request fails with FAILED_PRECONDITION "Could
+    not find variable ..." (keras-team/keras#20095, tensorflow/tensorflow#72963),
+    although tf.saved_model.load works. So the module tracks the inner
+    tf.Variables themselves (`weights`) and keeps the model out of tracking.
+    """
 
     def __init__(self, model, experiment, options: ExportOptions):
         super().__init__(name="deeplabv3")
-        self.model = model
+        self._network = _Untracked(model)
+        self.weights = [w.value for w in model.weights]
+        if not all(isinstance(w, tf.Variable) for w in self.weights):
+            raise TypeError("Expected the model's variables to hold tf.Variables "
+                            "(Keras with the TensorFlow backend).")
         self.options = options
         self.num_classes = experiment.model.num_classes
         self.class_names = list(experiment.data.class_names) or [
@@ -160,6 +181,10 @@ class SegmentationModule(tf.Module):
         self.tf_example = tf.function(self._examples, input_signature=[examples_spec])
         self.metadata = tf.function(
             self._metadata, input_signature=[tf.TensorSpec([], tf.int32, name="unused")])
+
+    @property
+    def model(self):
+        return self._network.value
 
     def signatures(self) -> dict:
         return {name: getattr(self, name) for name in IMAGE_SIGNATURES + ("metadata",)}
@@ -244,13 +269,13 @@ class SegmentationModule(tf.Module):
             checks.append(_refuse_unless(
                 height * width <= options.max_pixels,
                 _join("images are ", size, " = ", _string(height * width),
-                      f" pixels each, over this model's budget of {options.max_pixels} "
+                      f" pixels each, over the budget of {options.max_pixels} "
                       "pixels per image")))
         if options.request_pixels:
             checks.append(_refuse_unless(
                 batch * height * width <= options.request_pixels,
                 _join("the request holds ", _string(batch), " images of ", size, " = ",
-                      _string(batch * height * width), " pixels, over this model's budget "
+                      _string(batch * height * width), " pixels, over the budget "
                       f"of {options.request_pixels} pixels per request")))
         return checks
 
@@ -298,7 +323,7 @@ class SegmentationModule(tf.Module):
                 " x ", _string(frames), " frames"]), "")
             over = tf.strings.join([
                 prefix, _string(height), "x", _string(width), frames_text, " = ",
-                _string(pixels), f" pixels, over this model's budget of {max_pixels} pixels "
+                _string(pixels), f" pixels, over the budget of {max_pixels} pixels "
                 "per image"])
             messages = tf.where(tf.equal(problem, OK) & (pixels > max_pixels), over, messages)
         return height, width, messages
@@ -326,9 +351,9 @@ class SegmentationModule(tf.Module):
             padded = batch * h_max * w_max
             checks.append(_refuse_unless(
                 padded <= self.options.request_pixels,
-                _join("the request's ", _string(batch), " images are answered as one ",
+                _join("the ", _string(batch), " images of the request are answered as one ",
                       _string(batch), "x", _string(h_max), "x", _string(w_max), " array = ",
-                      _string(padded), " pixels, over this model's budget of "
+                      _string(padded), " pixels, over the budget of "
                       f"{self.options.request_pixels} pixels per request (send the images "
                       "in smaller requests)")))
         with tf.control_dependencies(checks):
