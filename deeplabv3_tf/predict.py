@@ -11,10 +11,47 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.classes import voc_palette
-from deeplabv3_tf.data.images import read_image
+from deeplabv3_tf.data.images import InvalidExampleError, read_image
+from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
+from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS
 from deeplabv3_tf.visualize import colorize, overlay
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+def _header(data):
+    header = read_header(data)
+    return header.height, header.width, header.frames, header.problem
+
+
+def budget_problem(data: bytes, max_pixels: int) -> str | None:
+    """Why an encoded image cannot be segmented within `max_pixels`, or None.
+
+    Read from its header, as the exported model does, before anything decodes it.
+    """
+    height, width, frames, problem = (int(v) for v in _header(tf.constant(data)))
+    if problem != OK:
+        return PROBLEMS[problem]
+    pixels = height * width * frames
+    if max_pixels and pixels > max_pixels:
+        shown = f"{height}x{width}" + (f" x {frames} frames" if frames > 1 else "")
+        return (f"{shown} = {pixels} pixels, over the budget of {max_pixels} pixels "
+                "(--max_pixels)")
+    return None
+
+
+def _reason(error: Exception, path: str) -> str:
+    """One line saying why an image was skipped (a served model's refusal, a
+    decoding error or an unreadable file), without the path again."""
+    if isinstance(error, tf.errors.OpError):
+        text = error.message
+        if "assertion failed: [" in text:  # the served model's own check
+            text = text.split("assertion failed: [", 1)[1].rsplit("]", 1)[0]
+            text = text.removeprefix("image 0: ")
+        text = text.split("[Op:")[0].split("\n")[0]
+        return text.split("}} ")[-1].strip()
+    return str(error).removeprefix(f"{path}: ")
 
 
 def list_images(inputs: Sequence[str]) -> list[str]:
@@ -71,7 +108,8 @@ class CheckpointPredictor:
 
 def predict_files(source: str, inputs: Sequence[str], output_dir: str,
                   output_stride: int | None = None, scales: Sequence[float] = (1.0,),
-                  flip: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+                  flip: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  log: Callable[[str], None] = print) -> list[dict]:
     """Writes <name>_mask.png (colour), <name>_overlay.png and <name>_labels.png (ids).
 
     Args:
@@ -81,10 +119,14 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
       output_dir: Where the PNGs go.
       output_stride, scales, flip: Inference settings (checkpoint source only;
         a SavedModel uses what was exported).
+      max_pixels: Images with more pixels (GIF: x frames) are skipped before
+        decoding, as are unreadable ones; 0 = no limit. A SavedModel applies
+        its own budget as well.
       log: Where one line per image goes.
 
     Returns:
-      One dict per image: path, outputs, classes present (names).
+      One dict per image: path, and outputs and classes present (names), or
+      "skipped" (why) for an image over budget or unreadable.
     """
     if os.path.exists(os.path.join(source, "saved_model.pb")):
         predictor = SavedModelPredictor(source)
@@ -93,8 +135,18 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
     os.makedirs(output_dir, exist_ok=True)
     results = []
     for path in list_images(inputs):
-        image = read_image(path)  # Validates and converts to RGB 8-bit.
-        labels = predictor(image.data)
+        try:
+            with open(path, "rb") as f:
+                problem = budget_problem(f.read(), max_pixels)
+            if problem:
+                raise InvalidExampleError(problem)
+            image = read_image(path)  # Validates and converts to RGB 8-bit.
+            labels = predictor(image.data)
+        except (InvalidExampleError, OSError, tf.errors.InvalidArgumentError) as e:
+            reason = _reason(e, path)
+            log(f"{path}: skipped: {reason}")
+            results.append({"path": path, "skipped": reason})
+            continue
         rgb = np.asarray(Image.open(io.BytesIO(image.data)).convert("RGB"))
         stem = os.path.splitext(os.path.basename(path))[0]
         outputs = {"mask": os.path.join(output_dir, f"{stem}_mask.png"),

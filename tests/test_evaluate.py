@@ -109,3 +109,37 @@ def test_evaluate_export_predict_tools(trained_run, tmp_path):
     assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == len(os.listdir(images_dir))
     missing = _run("tools/evaluate.py", f"--model_dir={tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "experiment.json" in missing.stderr
+
+
+def test_predict_skips_images_over_budget_or_unreadable(trained_run, tmp_path):
+    """Each bad file is one line; the good images are still written; exit status 1."""
+    import shutil
+
+    from tests.test_serving import png_of_size
+
+    images = tmp_path / "images"
+    images.mkdir()
+    good = os.path.join(trained_run["voc_dir"], "JPEGImages", f"{trained_run['val_ids'][0]}.jpg")
+    shutil.copy(good, images / "a_good.jpg")
+    (images / "b_huge.png").write_bytes(png_of_size(12000, 12000))
+    (images / "c_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (images / "d_cut.png").write_bytes((images / "b_huge.png").read_bytes()[:20])
+    for source in (trained_run["run_dir"], None):
+        if source is None:  # an export, whose own budget is larger than the flag's
+            from deeplabv3_tf.export import export_saved_model
+            source = export_saved_model(trained_run["run_dir"], str(tmp_path / "export"),
+                                        log=lambda _: None)
+        out = tmp_path / f"out_{os.path.basename(source)}"
+        result = _run("tools/predict.py", f"--source={source}", f"--output_dir={out}",
+                      "--max_pixels=1000000", str(images))
+        assert result.returncode == 1, result.stderr[-2000:]
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 4, result.stdout
+        assert lines[0].startswith(str(images / "a_good.jpg") + ": ")
+        assert lines[1] == (f"{images / 'b_huge.png'}: skipped: 12000x12000 = 144000000 pixels, "
+                            "over the budget of 1000000 pixels (--max_pixels)")
+        assert lines[2] == f"{images / 'c_broken.jpg'}: skipped: the header is truncated or malformed"
+        assert lines[3] == f"{images / 'd_cut.png'}: skipped: the header is truncated or malformed"
+        assert result.stderr.strip().splitlines()[-1] == "3 of 4 images skipped"
+        assert sorted(p.name for p in out.iterdir()) == [
+            "a_good_labels.png", "a_good_mask.png", "a_good_overlay.png"]

@@ -2,7 +2,12 @@
 
   python tools/predict.py --source runs/voc_r101_os16 --output_dir out photo.jpg photos/
   python tools/predict.py --source exports/deeplabv3/1 --output_dir out photos/
+
+An image over --max_pixels or unreadable is reported in one line and skipped;
+the others are still written, and the exit status is then 1.
 """
+
+import sys
 
 from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
@@ -11,12 +16,16 @@ start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 from absl import app, flags, logging  # noqa: E402
 
 from deeplabv3_tf.predict import predict_files  # noqa: E402
+from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS  # noqa: E402
 
 flags.DEFINE_string("source", None, "Run directory or SavedModel version directory.", required=True)
 flags.DEFINE_string("output_dir", "predictions", "Where masks and overlays go.")
 flags.DEFINE_integer("output_stride", None, "Inference output stride (run source only).")
 flags.DEFINE_list("scales", ["1.0"], "Inference scales (run source only).")
 flags.DEFINE_bool("flip", False, "Add left-right flipped inputs (run source only).")
+flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
+                     "Skip images with more pixels (GIF: x frames), read from their headers "
+                     "(0: no limit).")
 FLAGS = flags.FLAGS
 
 
@@ -24,9 +33,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:
         raise app.UsageError("Give image files or directories.")
-    return run_reporting_errors(lambda: predict_files(
+    results = []
+    status = run_reporting_errors(lambda: results.extend(predict_files(
         FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
-        tuple(float(s) for s in FLAGS.scales), FLAGS.flip))
+        tuple(float(s) for s in FLAGS.scales), FLAGS.flip, FLAGS.max_pixels)))
+    skipped = sum("skipped" in r for r in results)
+    if skipped:
+        print(f"{skipped} of {len(results)} images skipped", file=sys.stderr)
+    return status or int(skipped > 0)
 
 
 if __name__ == "__main__":
