@@ -9,6 +9,8 @@ the classes from colour and shape alone.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 
 import numpy as np
 
@@ -31,6 +33,23 @@ def _shape_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     top, base = cy - h / 2, cy + h / 2
     rel = (yy - top) / max(h, 1.0)
     return (yy <= base) & (yy >= top) & (np.abs(xx - cx) <= rel * w / 2)
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    """A black RGB PNG of any size, compressed row by row: no H x W array is made.
+
+    A 12000x12000 one is about 420 KB (what a server's pixel budget is for).
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + bytes(3 * width)  # filter type 0, then the row's pixels
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
 
 
 def void_band(labels: np.ndarray, width: int) -> np.ndarray:

@@ -115,7 +115,7 @@ def test_predict_skips_images_over_budget_or_unreadable(trained_run, tmp_path):
     """Each bad file is one line; the good images are still written; exit status 1."""
     import shutil
 
-    from tests.test_serving import png_of_size
+    from deeplabv3_tf.synthetic import png_of_size
 
     images = tmp_path / "images"
     images.mkdir()

@@ -7,11 +7,9 @@ MetaGraph, fed and fetched by the SignatureDef's tensor names.
 
 import io
 import os
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.export import CONFIG_FILE, ExportOptions, export_saved_model
+from deeplabv3_tf.synthetic import png_of_size
 from tests.helpers import ROOT
 
 # Small budgets, so that "over budget" costs nothing to build: 100x100 per image,
@@ -43,20 +42,6 @@ def _gif(frames, height, width):
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:])
     return buffer.getvalue()
-
-
-def png_of_size(width, height):
-    """An RGB PNG of one colour, of any size, built row by row (no W x H array)."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" + bytes(3 * width)  # filter type 0, black pixels
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
-            + chunk(b"IEND", b""))
 
 
 def _example(encoded=None):
@@ -309,8 +294,7 @@ def test_server_batching_answers_each_merged_request_on_its_own(trained_run, ser
 BIG_REQUEST = textwrap.dedent("""
     import sys, time
     import tensorflow as tf
-    sys.path.insert(0, sys.argv[2])
-    from tests.test_serving import png_of_size
+    from deeplabv3_tf.synthetic import png_of_size
 
     def rss(field):
         with open("/proc/self/status") as f:
@@ -335,7 +319,7 @@ def test_12000x12000_png_is_refused_fast_and_small(served):
     """A 12000x12000 PNG of ~420 KB: INVALID_ARGUMENT within a second, and the
     process's peak resident memory rises by less than 200 MB (the budget's check
     reads the header; decoding it would take 432 MB, segmenting it ~17 GB)."""
-    result = subprocess.run([sys.executable, "-c", BIG_REQUEST, served["path"], ROOT],
+    result = subprocess.run([sys.executable, "-c", BIG_REQUEST, served["path"]],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     verdict, message = result.stdout.strip().splitlines()[-2:]
