@@ -56,8 +56,9 @@ from deeplabv3_tf.model.fold import PRECISIONS
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 IMAGE_SIGNATURES = ("serving_default", "multiscale_flip", "encoded_image", "tf_example")
-# 2048 x 2048: an R101 export at output stride 16 answers one image of this
-# size in about 4.3 GB, at stride 8 in about 6.7 GB (README, bench/serving_memory.py).
+# 2048 x 2048: one image of this size adds 1.1 GB to a served R101 at output
+# stride 16 (2.3 GB in all), 1.9 GB at stride 8 (3.1 GB in all), on CPU
+# (README "Export and serving", bench/serving_memory.py).
 DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
@@ -191,21 +192,21 @@ class SegmentationModule(tf.Module):
 
     # Prediction -----------------------------------------------------------
 
-    def _target_size(self, size, shrink_to_budget: bool):
-        """The size the network sees: `size` unless max_side (or, with
-        `shrink_to_budget`, max_pixels) asks for less; int32 [2]."""
+    def _target_size(self, size, shrink_to_pixels: int):
+        """The size the network sees: `size` unless max_side (or a nonzero
+        `shrink_to_pixels`) asks for less; int32 [2]."""
         options = self.options
         hw = tf.cast(size, tf.float32)
         factor = tf.constant(1.0)
         if options.max_side:
             factor = tf.minimum(factor, options.max_side / tf.reduce_max(hw))
-        if shrink_to_budget and options.max_pixels:
-            factor = tf.minimum(factor, tf.sqrt(options.max_pixels / (hw[0] * hw[1])))
+        if shrink_to_pixels:
+            factor = tf.minimum(factor, tf.sqrt(shrink_to_pixels / (hw[0] * hw[1])))
         # floor, so that a budget is never exceeded by rounding.
         target = tf.cast(tf.floor(hw * factor + 1e-3), tf.int32)
         return tf.where(factor < 1.0, tf.maximum(target, 1), size)
 
-    def _predict(self, images, scales, flip, shrink_to_budget=False):
+    def _predict(self, images, scales, flip, shrink_to_pixels: int = 0):
         """{"semantic": int32 [B, H, W] (+ "probabilities")} for float32 [B, H, W, 3].
 
         No float tensor of the full size beyond what the network itself makes:
@@ -214,7 +215,7 @@ class SegmentationModule(tf.Module):
         """
         with_probabilities = self.options.with_probabilities
         size = tf.shape(images)[1:3]
-        target = self._target_size(size, shrink_to_budget)
+        target = self._target_size(size, shrink_to_pixels)
 
         def whole():
             if not with_probabilities and tuple(scales) == (1.0,) and not flip:
@@ -234,7 +235,7 @@ class SegmentationModule(tf.Module):
                 outputs["probabilities"] = tf.image.resize(probabilities, size)
             return outputs
 
-        if not self.options.max_side and not (shrink_to_budget and self.options.max_pixels):
+        if not self.options.max_side and not shrink_to_pixels:
             return whole()
         return tf.cond(tf.reduce_any(target < size), shrunk, whole)
 
@@ -257,30 +258,46 @@ class SegmentationModule(tf.Module):
             lambda: images[..., :3]])
         return tf.cast(tf.ensure_shape(rgb, [None, None, None, 3]), tf.float32)
 
-    def _dense_checks(self, images) -> list:
+    def _dense_budgets(self, scales) -> tuple[int, int, str]:
+        """(pixels per image, per request, how they were derived) for dense images.
+
+        The budget bounds what the network sees: a signature that also runs the
+        image at scale s > 1 sees s^2 times the pixels (multiscale_flip at the
+        default scales, up to 1.75: 5.2 GB added at 2048x2048 at output stride
+        16, against 1.1 GB single-scale), so its budgets are divided by the
+        largest scale squared.
+        """
+        largest = max(1.0, *scales)
+        options = self.options
+        if largest == 1.0:
+            return options.max_pixels, options.request_pixels, ""
+        factor = largest * largest
+        note = f" (the budget of the export over {largest:g}^2, for its largest scale)"
+        return int(options.max_pixels / factor), int(options.request_pixels / factor), note
+
+    def _dense_checks(self, images, scales) -> list:
         shape = tf.cast(tf.shape(images, out_type=tf.int64), tf.int64)
         batch, height, width = shape[0], shape[1], shape[2]
         size = _join(_string(height), "x", _string(width))
         checks = [_refuse_unless(
             tf.equal(batch, 0) | (height * width > 0),
             _join("images are ", size, ": an image needs at least one pixel"))]
-        options = self.options
-        if options.max_pixels and not options.server_batching:
+        per_image, per_request, note = self._dense_budgets(scales)
+        if per_image and not self.options.server_batching:
             checks.append(_refuse_unless(
-                height * width <= options.max_pixels,
+                tf.equal(batch, 0) | (height * width <= per_image),
                 _join("images are ", size, " = ", _string(height * width),
-                      f" pixels each, over the budget of {options.max_pixels} "
-                      "pixels per image")))
-        if options.request_pixels:
+                      f" pixels each, over the budget of {per_image} pixels per image{note}")))
+        if per_request:
             checks.append(_refuse_unless(
-                batch * height * width <= options.request_pixels,
+                batch * height * width <= per_request,
                 _join("the request holds ", _string(batch), " images of ", size, " = ",
                       _string(batch * height * width), " pixels, over the budget "
-                      f"of {options.request_pixels} pixels per request")))
+                      f"of {per_request} pixels per request{note}")))
         return checks
 
     def _dense(self, images, scales, flip):
-        with tf.control_dependencies(self._dense_checks(images)):
+        with tf.control_dependencies(self._dense_checks(images, scales)):
             images = tf.identity(images)
 
         def empty():
@@ -291,8 +308,9 @@ class SegmentationModule(tf.Module):
                     tf.concat([shape[:3], [self.num_classes]], 0), tf.float32)
             return outputs
 
+        shrink_to = self._dense_budgets(scales)[0] if self.options.server_batching else 0
         return tf.cond(tf.equal(tf.shape(images)[0], 0), empty, lambda: self._predict(
-            self._rgb(images), scales, flip, shrink_to_budget=self.options.server_batching))
+            self._rgb(images), scales, flip, shrink_to_pixels=shrink_to))
 
     # Encoded signatures ---------------------------------------------------
 

@@ -190,13 +190,22 @@ def test_one_pixel_image_is_answered(served):
 
 
 def test_dense_budgets(served):
-    signature = served["signatures"]["multiscale_flip"]
+    signature = served["signatures"]["serving_default"]
     _invalid(signature, "images are 100x101 = 10100 pixels each, over the budget of "
              "10000 pixels per image", images=np.zeros((1, 100, 101, 3), np.uint8))
     _invalid(signature, "the request holds 3 images of 100x100 = 30000 pixels, over the "
-             "budget of 25000 pixels per request",
-             images=np.zeros((3, 100, 100, 3), np.uint8))
+             "budget of 25000 pixels per request", images=np.zeros((3, 100, 100, 3), np.uint8))
     assert signature(images=tf.zeros((2, 100, 100, 3), tf.uint8))["semantic"].shape == (2, 100, 100)
+
+
+def test_multiscale_budget_counts_the_largest_scale(served):
+    """The network sees each image at up to 1.75x its sides: 3.06x the pixels."""
+    signature = served["signatures"]["multiscale_flip"]
+    budget = int(MAX_PIXELS / 1.75**2)  # 3265
+    _invalid(signature, f"images are 58x57 = 3306 pixels each, over the budget of {budget} "
+             "pixels per image \\(the budget of the export over 1.75\\^2, for its largest scale\\)",
+             images=np.zeros((1, 58, 57, 3), np.uint8))
+    assert signature(images=tf.zeros((1, 57, 57, 3), tf.uint8))["semantic"].shape == (1, 57, 57)
 
 
 def test_budget_is_recorded(served):
