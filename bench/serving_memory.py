@@ -6,9 +6,10 @@
 
 budget:   R101 exported at output stride 16 and at 8 (float32, BatchNorm folded,
           random weights: memory does not depend on their values) answering one
-          `encoded_image` request of one side x side JPEG: the process's peak
-          resident memory (VmHWM) and how much the request added to it; what
-          --max_pixels' default is chosen from.
+          `encoded_image` request of one side x side JPEG, and `multiscale_flip`
+          (OS16, 6 scales + flip) one image: the process's peak resident memory
+          (VmHWM) and how much the request added to it; what --max_pixels'
+          default is chosen from.
 requests: the tiny and the R101 (OS16) exports answering N `encoded_image`
           requests of random sizes (64 to 700 pixels a side): resident memory
           after 1, 10, 100, ... requests (it must level off).
@@ -138,8 +139,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         r101 = _run_dir(tmp, "r101", "voc_r101_os16")
         if "budget" in sections:
-            print("\nR101 export answering one side x side JPEG through encoded_image "
-                  "(resident memory, MiB)")
+            print("\nR101 export answering one side x side image (encoded_image: a JPEG; "
+                  "multiscale_flip: its pixels as uint8) (resident memory, MiB)")
             print(f"{'signature':<16}{'stride':>6} {'side':>6} {'pixels':>10} {'loaded':>8} "
                   f"{'peak':>8} {'added':>8} {'bytes/pixel':>12} {'seconds':>8}", flush=True)
             sides = [side for side in args.sides.split(",") if side]
