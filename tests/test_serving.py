@@ -55,7 +55,31 @@ def served(trained_run, tmp_path_factory):
     export_dir = str(tmp_path_factory.mktemp("budget"))
     path = export_saved_model(trained_run["run_dir"], export_dir, ExportOptions(
         max_pixels=MAX_PIXELS, max_request_pixels=MAX_REQUEST_PIXELS), log=lambda _: None)
-    return {"path": path, "signatures": tf.saved_model.load(path).signatures}
+    # The generated val scene (objects the model was trained on, 70-100 pixels a
+    # side: within the budget) whose mask holds the most classes.
+    signatures = tf.saved_model.load(path).signatures
+    scenes = []
+    for example_id in trained_run["val_ids"]:
+        with open(os.path.join(trained_run["voc_dir"], "JPEGImages", f"{example_id}.jpg"),
+                  "rb") as f:
+            data = f.read()
+        mask = signatures["encoded_image"](images=tf.constant([data]))["semantic"]
+        scenes.append((len(np.unique(mask)), example_id, tf.io.decode_jpeg(data).numpy()))
+    classes, _, scene = max(scenes, key=lambda s: s[:2])
+    return {"path": path, "signatures": signatures, "scene": scene, "scene_classes": classes}
+
+
+def _classes(mask) -> int:
+    """How many classes a mask holds: comparisons of masks with one say little."""
+    return len(np.unique(np.asarray(mask)))
+
+
+def _same_masks(a, b):
+    """Masks of the same pixels: equal but where round-off decides a near tie
+    (another graph, runtime or kernel order may add up floats differently)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    assert np.mean(a == b) >= 0.999
 
 
 def _invalid(signature, match, **inputs):
@@ -107,19 +131,23 @@ def test_gif_frames_count_against_the_budget(served):
 
 
 def test_every_accepted_format_is_answered(served):
-    image = _rgb(33, 45, seed=2)
+    image = served["scene"]
+    h, w = image.shape[:2]
     formats = [_encode(image, "JPEG"), _encode(image, "PNG"), _encode(image, "BMP"),
-               _encode(image, "WEBP"), _encode(image, "WEBP", lossless=True), _gif(1, 33, 45),
+               _encode(image, "WEBP"), _encode(image, "WEBP", lossless=True), _gif(1, h, w),
                _encode(np.asarray(Image.fromarray(image).convert("L")), "PNG"),
                _encode(np.asarray(Image.fromarray(image).convert("RGBA")), "PNG"),
                _encode(image[:1, :1], "PNG")]
-    out = served["signatures"]["encoded_image"](images=tf.constant(formats))
-    assert out["height"].numpy().tolist() == [33] * 8 + [1]
-    assert out["width"].numpy().tolist() == [45] * 8 + [1]
+    signature = served["signatures"]["encoded_image"]
+    # One request each: nine of these images are over the request budget together.
+    outs = [signature(images=tf.constant([data])) for data in formats]
+    assert [int(o["height"][0]) for o in outs] == [h] * 8 + [1]
+    assert [int(o["width"][0]) for o in outs] == [w] * 8 + [1]
     # The lossless encodings of the same pixels get the same mask.
-    semantic = out["semantic"].numpy()
-    for k in (2, 4):
-        np.testing.assert_array_equal(semantic[k], semantic[1])
+    png = outs[1]["semantic"].numpy()
+    assert _classes(png) == served["scene_classes"] > 1
+    for k in (2, 4, 7):
+        _same_masks(outs[k]["semantic"].numpy(), png)
 
 
 def test_animated_webp_is_refused(served):
@@ -171,15 +199,15 @@ def test_zero_size_images_are_invalid_argument(served, shape):
 
 def test_channels_are_converted_or_refused(served):
     signature = served["signatures"]["serving_default"]
-    rgb = _rgb(41, 53, seed=3)
+    rgb = served["scene"]
     grey = np.asarray(Image.fromarray(rgb).convert("L"))
     as_rgb = signature(images=tf.constant(np.repeat(grey[None, ..., None], 3, -1)))["semantic"]
+    assert _classes(as_rgb) > 1
     for channels in (grey[..., None], np.stack([grey, np.full_like(grey, 7)], -1)):
-        np.testing.assert_array_equal(signature(images=tf.constant(channels[None]))["semantic"],
-                                      as_rgb)
+        _same_masks(signature(images=tf.constant(channels[None]))["semantic"], as_rgb)
     rgba = np.concatenate([rgb, np.full_like(rgb[..., :1], 9)], -1)
-    np.testing.assert_array_equal(signature(images=tf.constant(rgba[None]))["semantic"],
-                                  signature(images=tf.constant(rgb[None]))["semantic"])
+    _same_masks(signature(images=tf.constant(rgba[None]))["semantic"],
+                signature(images=tf.constant(rgb[None]))["semantic"])
     _invalid(signature, "images have 5 channels: send 1 \\(grey\\), 2 \\(grey \\+ alpha\\), "
              "3 \\(RGB\\) or 4 \\(RGBA\\)", images=np.zeros((1, 8, 8, 5), np.uint8))
 
@@ -247,13 +275,14 @@ def session_model(served):
 
 
 def test_session_answers_good_requests(session_model, served):
-    image = _rgb(50, 70, seed=4)
+    image = served["scene"]
     out = session_model.run("encoded_image", images=np.array([_encode(image)], object))
     expected = served["signatures"]["encoded_image"](images=tf.constant([_encode(image)]))
-    np.testing.assert_array_equal(out["semantic"], expected["semantic"].numpy())
+    assert _classes(expected["semantic"]) > 1
+    _same_masks(out["semantic"], expected["semantic"].numpy())
     dense = session_model.run("serving_default", images=np.concatenate(
-        [image[None], np.full((1, 50, 70, 1), 255, np.uint8)], -1))
-    np.testing.assert_array_equal(dense["semantic"], expected["semantic"].numpy())
+        [image[None], np.full((1, *image.shape[:2], 1), 255, np.uint8)], -1))
+    _same_masks(dense["semantic"], expected["semantic"].numpy())
     empty = session_model.run("serving_default", images=np.zeros((0, 64, 64, 3), np.uint8))
     assert empty["semantic"].shape == (0, 64, 64)
 
@@ -280,7 +309,8 @@ def test_server_batching_answers_each_merged_request_on_its_own(trained_run, ser
     path = export_saved_model(trained_run["run_dir"], str(tmp_path), ExportOptions(
         max_pixels=MAX_PIXELS, server_batching=True), log=lambda _: None)
     signatures = tf.saved_model.load(path).signatures
-    small = _encode(_rgb(30, 40, seed=5))
+    small = _encode(served["scene"])
+    h, w = served["scene"].shape[:2]
     # As merged by TF Serving: one client's small image, another's too large and unknown.
     out = signatures["encoded_image"](images=tf.constant(
         [small, png_of_size(200, 200), b"junk", small]))
@@ -288,10 +318,10 @@ def test_server_batching_answers_each_merged_request_on_its_own(trained_run, ser
     assert errors[0] == errors[3] == ""
     assert errors[1].startswith("image 1: 200x200 = 40000 pixels, over")
     assert errors[2].startswith("image 2: not a JPEG")
-    assert out["height"].numpy().tolist() == [30, 0, 0, 30]
+    assert out["height"].numpy().tolist() == [h, 0, 0, h]
     alone = served["signatures"]["encoded_image"](images=tf.constant([small]))
-    np.testing.assert_array_equal(out["semantic"].numpy()[0, :30, :40],
-                                  alone["semantic"].numpy()[0])
+    assert _classes(alone["semantic"]) > 1
+    _same_masks(out["semantic"].numpy()[0, :h, :w], alone["semantic"].numpy()[0])
     # Dense requests padded past the budget by merging are shrunk, not refused.
     merged = signatures["serving_default"](images=tf.zeros((4, 150, 150, 3), tf.uint8))
     assert merged["semantic"].shape == (4, 150, 150)
