@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -73,6 +74,22 @@ def next_version(export_dir: str) -> int:
     versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()] \
         if os.path.isdir(export_dir) else []
     return max(versions, default=0) + 1
+
+
+def _warmup_images(module: SegmentationModule) -> list[np.ndarray]:
+    """Two random images of odd sizes (97x131 and 64x48) that every signature
+    answers within its budget: a warm-up request that fails stops TF Serving from
+    loading the model, so with a small budget they are made smaller."""
+    sizes = [(97, 131), (64, 48)]
+    # multiscale_flip has the smallest budgets; encoded_image gets both images in
+    # one request, answered as 2 x 97 x 131.
+    per_image, per_request, _ = module.dense_budgets(module.options.scales)
+    limits = [limit for limit in (per_image, per_request // 2) if limit]
+    if limits:
+        factor = min(1.0, math.sqrt(min(limits) / (97 * 131)))
+        sizes = [(max(1, int(h * factor)), max(1, int(w * factor))) for h, w in sizes]
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
 def _warmup_requests(path: str, images: Sequence[np.ndarray]) -> int:
@@ -137,9 +154,7 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
         module.assets = [tf.saved_model.Asset(names_path), tf.saved_model.Asset(palette_path)]
         saved = os.path.join(staging, "model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
-        rng = np.random.default_rng(0)
-        warm = [rng.integers(0, 255, (97, 131, 3), dtype=np.uint8),
-                rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)]
+        warm = _warmup_images(module)
         _warmup_requests(os.path.join(saved, WARMUP_FILE), warm)
         with open(os.path.join(saved, CONFIG_FILE), "w") as f:
             json.dump({"experiment": experiment.to_dict(), "checkpoint": prefix,

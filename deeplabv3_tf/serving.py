@@ -258,7 +258,7 @@ class SegmentationModule(tf.Module):
             lambda: images[..., :3]])
         return tf.cast(tf.ensure_shape(rgb, [None, None, None, 3]), tf.float32)
 
-    def _dense_budgets(self, scales) -> tuple[int, int, str]:
+    def dense_budgets(self, scales) -> tuple[int, int, str]:
         """(pixels per image, per request, how they were derived) for dense images.
 
         The budget bounds what the network sees: a signature that also runs the
@@ -282,7 +282,7 @@ class SegmentationModule(tf.Module):
         checks = [_refuse_unless(
             tf.equal(batch, 0) | (height * width > 0),
             _join("images are ", size, ": an image needs at least one pixel"))]
-        per_image, per_request, note = self._dense_budgets(scales)
+        per_image, per_request, note = self.dense_budgets(scales)
         if per_image and not self.options.server_batching:
             checks.append(_refuse_unless(
                 tf.equal(batch, 0) | (height * width <= per_image),
@@ -308,7 +308,7 @@ class SegmentationModule(tf.Module):
                     tf.concat([shape[:3], [self.num_classes]], 0), tf.float32)
             return outputs
 
-        shrink_to = self._dense_budgets(scales)[0] if self.options.server_batching else 0
+        shrink_to = self.dense_budgets(scales)[0] if self.options.server_batching else 0
         return tf.cond(tf.equal(tf.shape(images)[0], 0), empty, lambda: self._predict(
             self._rgb(images), scales, flip, shrink_to_pixels=shrink_to))
 

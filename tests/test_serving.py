@@ -303,6 +303,23 @@ def test_session_refuses_with_invalid_argument(session_model, name, inputs, matc
         session_model.run(name, **{key: value})
 
 
+def test_warmup_requests_fit_a_small_budget(session_model, served):
+    """TF Serving replays assets.extra/tf_serving_warmup_requests at load and does
+    not load a model whose warm-up fails: with a budget of 100x100 they are shrunk."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from deeplabv3_tf.export import WARMUP_FILE
+
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+            tf.data.TFRecordDataset(os.path.join(served["path"], WARMUP_FILE))]
+    assert len(logs) == 4
+    for log in logs:
+        request = log.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        out = session_model.run(request.model_spec.signature_name, **inputs)
+        assert out["semantic"].size > 0
+
+
 # Server-side batching --------------------------------------------------------
 
 def test_server_batching_answers_each_merged_request_on_its_own(trained_run, served, tmp_path):
