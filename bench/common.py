@@ -35,20 +35,41 @@ def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> floa
     return 2 * size**3 / median_seconds(lambda: matmul().numpy(), runs, warmup=2) / 1e9
 
 
+def _proc_status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status ("VmHWM", "VmRSS"), MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
     """Maximum resident set size of this process so far, MiB.
 
     VmHWM from /proc: unlike getrusage's ru_maxrss, which Linux carries over
     from the parent at fork and keeps across exec, it is this program's own.
     """
+    peak = _proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now, MiB (VmRSS)."""
+    return _proc_status_mib("VmRSS")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it: every figure names its CPU."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "unknown CPU")
     except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return "unknown CPU"
 
 
 def r101_training_step(assignments: list[str], size: int = 321, batch_size: int = 2):

@@ -74,11 +74,6 @@ class ImageHeader:
     frames: tf.Tensor
     problem: tf.Tensor
 
-    @property
-    def pixels(self) -> tf.Tensor:
-        """int64: what decoding costs, height x width x frames."""
-        return self.height * self.width * self.frames
-
 
 class _Bytes:
     """Byte access to a scalar string; reads past the end give 0."""
@@ -93,8 +88,6 @@ class _Bytes:
         return tf.cast(tf.gather(self._bytes, index), tf.int64)
 
     def equals(self, offset: int, expected: bytes):
-        if not expected:
-            return tf.constant(True)
         got = self._bytes[offset:offset + len(expected)]
         return tf.reduce_all(tf.equal(got, tf.constant(list(expected), tf.uint8)))
 

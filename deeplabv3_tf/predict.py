@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.classes import voc_palette
-from deeplabv3_tf.data.images import InvalidExampleError, read_image
+from deeplabv3_tf.data.images import InvalidExampleError, read_bytes, read_image
 from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
 from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS
 from deeplabv3_tf.visualize import colorize, overlay
@@ -136,13 +136,13 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
     results = []
     for path in list_images(inputs):
         try:
-            with open(path, "rb") as f:
-                problem = budget_problem(f.read(), max_pixels)
+            data = read_bytes(path)
+            problem = budget_problem(data, max_pixels)
             if problem:
                 raise InvalidExampleError(problem)
-            image = read_image(path)  # Validates and converts to RGB 8-bit.
+            image = read_image(path, data)  # Validates and converts to RGB 8-bit.
             labels = predictor(image.data)
-        except (InvalidExampleError, OSError, tf.errors.InvalidArgumentError) as e:
+        except (InvalidExampleError, tf.errors.InvalidArgumentError) as e:
             reason = _reason(e, path)
             log(f"{path}: skipped: {reason}")
             results.append({"path": path, "skipped": reason})

@@ -50,7 +50,7 @@ import tensorflow as tf
 
 from deeplabv3_tf.classes import IGNORE_LABEL, voc_palette
 from deeplabv3_tf.data import schema
-from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
+from deeplabv3_tf.image_header import IS_EMPTY, OK, PROBLEMS, read_header
 from deeplabv3_tf.inference import predict_probabilities, upsampled_labels
 from deeplabv3_tf.model.fold import PRECISIONS
 
@@ -331,7 +331,7 @@ class SegmentationModule(tf.Module):
         prefix = tf.strings.join([noun, " ", index, ": "])
         reason = tf.gather(tf.constant(PROBLEMS), problem)
         if noun == "example":
-            reason = tf.where(tf.equal(problem, PROBLEMS.index("empty (0 bytes)")),
+            reason = tf.where(tf.equal(problem, IS_EMPTY),
                               f"has no {schema.IMAGE_ENCODED}", reason)
         messages = tf.where(tf.equal(problem, OK), "", tf.strings.join([prefix, reason]))
         max_pixels = self.options.max_pixels

@@ -1,8 +1,10 @@
 """Helpers shared by the tests."""
 
+import io
 import os
 
 import numpy as np
+from PIL import Image
 
 from deeplabv3_tf.config import ModelConfig
 
@@ -37,3 +39,10 @@ def assert_close(actual, expected, rel: float = 1e-5, err_msg: str = ""):
     scale = float(np.abs(expected).max()) if expected.size else 0.0
     assert scale > 0, "expected is all zeros: the comparison would say nothing"
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rel * scale, err_msg=err_msg)
+
+
+def encode(image, format: str = "PNG", **kwargs) -> bytes:
+    """An image array (uint8 [H, W, 3], [H, W] or [H, W, 4]) encoded by Pillow."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=format, **kwargs)
+    return buffer.getvalue()

@@ -15,6 +15,7 @@ from PIL import Image
 from deeplabv3_tf.export import (
     WARMUP_FILE, ExportOptions, export_saved_model, load_trained_model)
 from deeplabv3_tf.inference import predict_probabilities
+from tests.helpers import encode
 
 SCALES = (0.75, 1.0, 1.25)
 
@@ -32,12 +33,6 @@ def exported(trained_run, tmp_path_factory):
 
 def _images(batch, height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 255, (batch, height, width, 3), dtype=np.uint8)
-
-
-def _png(image):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _agree(a, b, minimum=0.999):
@@ -92,7 +87,7 @@ def _check_encoded_outputs(out, images, expected):
 def test_encoded_image_batch_of_different_sizes(exported):
     images = [_images(1, 97, 131, seed=2)[0], _images(1, 64, 150, seed=3)[0],
               _images(1, 80, 40, seed=4)[0]]
-    encoded = [_png(images[0]), _png(images[1]), _png(images[2])]
+    encoded = [encode(images[0]), encode(images[1]), encode(images[2])]
     out = exported["loaded"].signatures["encoded_image"](images=tf.constant(encoded))
     _check_encoded_outputs(out, images, _expected_masks(exported, images))
 
@@ -100,7 +95,7 @@ def test_encoded_image_batch_of_different_sizes(exported):
 def test_tf_example_signature(exported):
     images = [_images(1, 61, 77, seed=5)[0], _images(1, 90, 50, seed=6)[0]]
     examples = [tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(i)]))})
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode(i)]))})
     ).SerializeToString() for i in images]
     out = exported["loaded"].signatures["tf_example"](examples=tf.constant(examples))
     _check_encoded_outputs(out, images, _expected_masks(exported, images))
@@ -109,7 +104,7 @@ def test_tf_example_signature(exported):
 def test_rest_json_body_goes_through_encoded_image(exported):
     images = [_images(1, 70, 90, seed=7)[0], _images(1, 50, 60, seed=8)[0]]
     body = json.dumps({"signature_name": "encoded_image", "instances": [
-        {"b64": base64.b64encode(_png(image)).decode()} for image in images]})
+        {"b64": base64.b64encode(encode(image)).decode()} for image in images]})
     # Decoded as TF Serving's REST API does: row format, one input, {"b64": ...} -> bytes.
     request = json.loads(body)
     signature = exported["loaded"].signatures[request["signature_name"]]
@@ -124,8 +119,8 @@ def test_rest_json_body_goes_through_encoded_image(exported):
 def test_image_modes_are_converted_and_garbage_is_invalid_argument(exported):
     signature = exported["loaded"].signatures["encoded_image"]
     rgb = _images(1, 40, 50, seed=9)[0]
-    grey = _png(np.asarray(Image.fromarray(rgb).convert("L")))
-    rgba = _png(np.asarray(Image.fromarray(rgb).convert("RGBA")))
+    grey = encode(np.asarray(Image.fromarray(rgb).convert("L")))
+    rgba = encode(np.asarray(Image.fromarray(rgb).convert("RGBA")))
     deep = io.BytesIO()
     Image.fromarray((np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)
                     ).save(deep, format="PNG")

@@ -10,6 +10,7 @@ from PIL import Image
 from deeplabv3_tf import image_header
 from deeplabv3_tf.image_header import read_header
 from deeplabv3_tf.inference import upsampled_labels
+from tests.helpers import encode
 
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
@@ -23,25 +24,19 @@ def _header(data):
     return image_header.FORMAT_NAMES[code], height, width, frames, image_header.PROBLEMS[problem]
 
 
-def _encode(array, format, **kwargs):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=format, **kwargs)
-    return buffer.getvalue()
-
-
 IMAGE = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("name,data", [
-    ("JPEG", _encode(IMAGE, "JPEG")),
-    ("JPEG", _encode(IMAGE, "JPEG", progressive=True, exif=b"Exif\x00\x00" + bytes(300))),
-    ("PNG", _encode(IMAGE, "PNG")),
-    ("PNG", _encode(IMAGE[..., 0], "PNG")),
-    ("GIF", _encode(IMAGE, "GIF")),
-    ("BMP", _encode(IMAGE, "BMP")),
-    ("WebP", _encode(IMAGE, "WEBP")),
-    ("WebP", _encode(IMAGE, "WEBP", lossless=True)),
-    ("WebP", _encode(IMAGE, "WEBP", exif=b"Exif\x00\x00abc")),  # VP8X
+    ("JPEG", encode(IMAGE, "JPEG")),
+    ("JPEG", encode(IMAGE, "JPEG", progressive=True, exif=b"Exif\x00\x00" + bytes(300))),
+    ("PNG", encode(IMAGE, "PNG")),
+    ("PNG", encode(IMAGE[..., 0], "PNG")),
+    ("GIF", encode(IMAGE, "GIF")),
+    ("BMP", encode(IMAGE, "BMP")),
+    ("WebP", encode(IMAGE, "WEBP")),
+    ("WebP", encode(IMAGE, "WEBP", lossless=True)),
+    ("WebP", encode(IMAGE, "WEBP", exif=b"Exif\x00\x00abc")),  # VP8X
 ])
 def test_header_size_is_the_decoded_size(name, data):
     decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -49,7 +44,7 @@ def test_header_size_is_the_decoded_size(name, data):
 
 
 def test_top_down_bmp_has_a_negative_height_in_its_header():
-    data = bytearray(_encode(IMAGE, "BMP"))
+    data = bytearray(encode(IMAGE, "BMP"))
     height = int.from_bytes(data[22:26], "little", signed=True)
     data[22:26] = (-height).to_bytes(4, "little", signed=True)
     assert _header(bytes(data))[1:3] == (37, 53)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from deeplabv3_tf.export import CONFIG_FILE, ExportOptions, export_saved_model
 from deeplabv3_tf.synthetic import png_of_size
-from tests.helpers import ROOT
+from tests.helpers import ROOT, encode
 
 # Small budgets, so that "over budget" costs nothing to build: 100x100 per image,
 # 2.5 such images per request.
@@ -28,12 +28,6 @@ MAX_REQUEST_PIXELS = 25_000
 
 def _rgb(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
-
-
-def _encode(image, format="PNG", **kwargs):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=format, **kwargs)
-    return buffer.getvalue()
 
 
 def _gif(frames, height, width):
@@ -92,8 +86,8 @@ def _invalid(signature, match, **inputs):
 @pytest.mark.parametrize("data,message", [
     (b"", "image 0: empty \\(0 bytes\\)"),
     (b"this is not an image at all", "image 0: not a JPEG, PNG, GIF, BMP or WebP image"),
-    (_encode(_rgb(40, 50), "JPEG")[:12], "image 0: the header is truncated or malformed"),
-    (_encode(_rgb(40, 50))[:20], "image 0: the header is truncated or malformed"),
+    (encode(_rgb(40, 50), "JPEG")[:12], "image 0: the header is truncated or malformed"),
+    (encode(_rgb(40, 50))[:20], "image 0: the header is truncated or malformed"),
     (_gif(1, 20, 20)[:11], "image 0: the header is truncated or malformed"),
     (b"\xff\x0a\xfa\x00", "image 0: JPEG XL is not accepted"),
 ])
@@ -103,13 +97,13 @@ def test_bad_bytes_are_invalid_argument_in_the_requests_terms(served, data, mess
 
 @pytest.mark.parametrize("format", ["JPEG", "PNG"])
 def test_cut_off_image_body_is_invalid_argument(served, format):
-    data = _encode(_rgb(60, 80, seed=1), format)
+    data = encode(_rgb(60, 80, seed=1), format)
     _invalid(served["signatures"]["encoded_image"], f"Invalid {format} data",
              images=[data[: len(data) // 2]])
 
 
 def test_the_bad_image_of_a_request_is_named(served):
-    good = _encode(_rgb(30, 40))
+    good = encode(_rgb(30, 40))
     _invalid(served["signatures"]["encoded_image"], "image 2: not a JPEG",
              images=[good, good, b"GIF but not really"])
 
@@ -133,11 +127,11 @@ def test_gif_frames_count_against_the_budget(served):
 def test_every_accepted_format_is_answered(served):
     image = served["scene"]
     h, w = image.shape[:2]
-    formats = [_encode(image, "JPEG"), _encode(image, "PNG"), _encode(image, "BMP"),
-               _encode(image, "WEBP"), _encode(image, "WEBP", lossless=True), _gif(1, h, w),
-               _encode(np.asarray(Image.fromarray(image).convert("L")), "PNG"),
-               _encode(np.asarray(Image.fromarray(image).convert("RGBA")), "PNG"),
-               _encode(image[:1, :1], "PNG")]
+    formats = [encode(image, "JPEG"), encode(image, "PNG"), encode(image, "BMP"),
+               encode(image, "WEBP"), encode(image, "WEBP", lossless=True), _gif(1, h, w),
+               encode(np.asarray(Image.fromarray(image).convert("L")), "PNG"),
+               encode(np.asarray(Image.fromarray(image).convert("RGBA")), "PNG"),
+               encode(image[:1, :1], "PNG")]
     signature = served["signatures"]["encoded_image"]
     # One request each: nine of these images are over the request budget together.
     outs = [signature(images=tf.constant([data])) for data in formats]
@@ -161,7 +155,7 @@ def test_animated_webp_is_refused(served):
 def test_request_over_budget_names_the_padded_answer(served):
     signature = served["signatures"]["encoded_image"]
     # Each image is within budget; padded to 100x100, three are 30000 pixels.
-    wide, tall = _encode(_rgb(10, 100)), _encode(_rgb(100, 10))
+    wide, tall = encode(_rgb(10, 100)), encode(_rgb(100, 10))
     _invalid(signature, "the 3 images of the request are answered as one 3x100x100 array = 30000 "
              "pixels, over the budget of 25000 pixels per request",
              images=[wide, tall, wide])
@@ -183,7 +177,7 @@ def test_empty_batches_answer_empty_outputs(served):
 def test_example_without_image_and_string_that_is_no_example(served):
     signature = served["signatures"]["tf_example"]
     _invalid(signature, "example 1: has no image/encoded",
-             examples=[_example(_encode(_rgb(20, 30))), _example()])
+             examples=[_example(encode(_rgb(20, 30))), _example()])
     _invalid(signature, "Could not parse example input", examples=[b"not a tf.Example"])
     _invalid(signature, "example 0: 100x101 = 10100 pixels, over",
              examples=[_example(png_of_size(101, 100))])
@@ -276,8 +270,8 @@ def session_model(served):
 
 def test_session_answers_good_requests(session_model, served):
     image = served["scene"]
-    out = session_model.run("encoded_image", images=np.array([_encode(image)], object))
-    expected = served["signatures"]["encoded_image"](images=tf.constant([_encode(image)]))
+    out = session_model.run("encoded_image", images=np.array([encode(image)], object))
+    expected = served["signatures"]["encoded_image"](images=tf.constant([encode(image)]))
     assert _classes(expected["semantic"]) > 1
     _same_masks(out["semantic"], expected["semantic"].numpy())
     dense = session_model.run("serving_default", images=np.concatenate(
@@ -326,7 +320,7 @@ def test_server_batching_answers_each_merged_request_on_its_own(trained_run, ser
     path = export_saved_model(trained_run["run_dir"], str(tmp_path), ExportOptions(
         max_pixels=MAX_PIXELS, server_batching=True), log=lambda _: None)
     signatures = tf.saved_model.load(path).signatures
-    small = _encode(served["scene"])
+    small = encode(served["scene"])
     h, w = served["scene"].shape[:2]
     # As merged by TF Serving: one client's small image, another's too large and unknown.
     out = signatures["encoded_image"](images=tf.constant(

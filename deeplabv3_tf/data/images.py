@@ -29,7 +29,8 @@ class EncodedImage:
     width: int
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """A file's bytes; a missing or unreadable file is an InvalidExampleError naming it."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -48,17 +49,22 @@ def _open_image(path: str, data: bytes) -> Image.Image:
     return image
 
 
-def read_image(path: str) -> EncodedImage:
+def read_image(path: str, data: bytes | None = None) -> EncodedImage:
     """Reads an image and returns RGB 8-bit JPEG or PNG bytes.
 
     RGB JPEGs and RGB PNGs keep their original bytes (no recompression).
     Greyscale, palette, RGBA, CMYK and 16-bit images are converted to RGB and
     re-encoded: JPEG sources as JPEG (quality 95), others as PNG.
 
+    Args:
+      path: The image file (named in errors).
+      data: Its bytes, where the caller has read them already.
+
     Raises:
       InvalidExampleError: missing, unreadable or truncated file.
     """
-    data = _read_bytes(path)
+    if data is None:
+        data = read_bytes(path)
     image = _open_image(path, data)
     source_format = image.format
     width, height = image.size
@@ -90,7 +96,7 @@ def read_index_mask(path: str) -> np.ndarray:
     Raises:
       InvalidExampleError: missing or unreadable file, or a colour mask.
     """
-    image = _open_image(path, _read_bytes(path))
+    image = _open_image(path, read_bytes(path))
     if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):
         raise InvalidExampleError(
             f"{path}: a colour ({image.mode}) mask where an index mask (palette "
@@ -113,7 +119,7 @@ def read_color_mask(path: str, palette: dict[tuple[int, int, int], int]) -> np.n
       InvalidExampleError: a colour that is not in the palette (the message
         gives the colour and one pixel where it occurs).
     """
-    image = _open_image(path, _read_bytes(path))
+    image = _open_image(path, read_bytes(path))
     rgb = np.asarray(image.convert("RGB")).astype(np.int32)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     keys = np.array([(r << 16) | (g << 8) | b for r, g, b in palette], np.int64)
