@@ -122,11 +122,32 @@ class EvalConfig:
       scales: Scales of multi-scale inference.
       multiscale_output_stride: Output stride of the multi-scale + flip run
         (0: no multi-scale run).
+      window: Sliding window (height, width) of the windowed run (() none).
+      window_stride: Its stride (() two thirds of the window).
+      windowed_output_stride: Output stride of a run by sliding windows, in
+        addition to the whole-image ones (0: none).
     """
 
     output_strides: tuple[int, ...] = (16,)
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     multiscale_output_stride: int = 0
+    window: tuple[int, ...] = ()
+    window_stride: tuple[int, ...] = ()
+    windowed_output_stride: int = 0
+
+    def __post_init__(self):
+        if self.windowed_output_stride and len(self.window) != 2:
+            raise ValueError(f"windowed_output_stride={self.windowed_output_stride} needs "
+                             f"eval.window=(height, width), not {self.window}.")
+
+    @property
+    def windows(self):
+        """The protocol's `inference.Windows`, or None."""
+        from deeplabv3_tf.inference import Windows
+
+        if not self.window:
+            return None
+        return Windows(self.window, self.window_stride or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +326,12 @@ def voc_r101_os16_from_coco() -> ExperimentConfig:
 
 
 def cityscapes_r101_os16() -> ExperimentConfig:
-    """Cityscapes fine annotations: crop 769, 90K steps (paper §4.2)."""
+    """Cityscapes fine annotations: crop 769, 90K steps (paper §4.2).
+
+    Evaluated on whole 2048x1024 images (as research/deeplab and the paper's
+    figure), and also by 769x769 windows at output stride 8 (mmsegmentation's
+    protocol; a fraction of the memory: README "Large images").
+    """
     base = voc_r101_os16()
     return dataclasses.replace(
         base, name="cityscapes_r101_os16",
@@ -314,7 +340,8 @@ def cityscapes_r101_os16() -> ExperimentConfig:
                                  val_records="records/cityscapes/val-*",
                                  class_names=CITYSCAPES_CLASSES, crop_size=(769, 769)),
         train=dataclasses.replace(base.train, steps=90000, batch_size=8),
-        eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8),
+        eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8,
+                        window=(769, 769), window_stride=(513, 513), windowed_output_stride=8),
         paper_results={"val_miou_os8_ms_flip": 79.3})
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from deeplabv3_tf.classes import voc_palette
 from deeplabv3_tf.data.images import InvalidExampleError, read_bytes, read_image
 from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
-from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS
+from deeplabv3_tf.inference import Windows, predict_labels
+from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS, DEFAULT_WINDOWED_MAX_PIXELS
 from deeplabv3_tf.visualize import colorize, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -90,15 +91,15 @@ class CheckpointPredictor:
     """Masks from a training run's checkpoint (any output stride, scales, flip)."""
 
     def __init__(self, run_dir: str, output_stride: int | None = None,
-                 scales: Sequence[float] = (1.0,), flip: bool = False):
+                 scales: Sequence[float] = (1.0,), flip: bool = False,
+                 windows: Windows | None = None):
         from deeplabv3_tf.export import load_trained_model
-        from deeplabv3_tf.inference import predict_labels
 
         model, experiment, _ = load_trained_model(run_dir, output_stride)
         self.class_names = list(experiment.data.class_names)
         self.palette = voc_palette()[: len(self.class_names)]
         self._predict = tf.function(
-            lambda images: predict_labels(model, images, scales, flip),
+            lambda images: predict_labels(model, images, scales, flip, windows),
             input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
 
     def __call__(self, encoded: bytes) -> np.ndarray:
@@ -108,7 +109,8 @@ class CheckpointPredictor:
 
 def predict_files(source: str, inputs: Sequence[str], output_dir: str,
                   output_stride: int | None = None, scales: Sequence[float] = (1.0,),
-                  flip: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  flip: bool = False, max_pixels: int | None = None,
+                  windows: Windows | None = None,
                   log: Callable[[str], None] = print) -> list[dict]:
     """Writes <name>_mask.png (colour), <name>_overlay.png and <name>_labels.png (ids).
 
@@ -117,21 +119,24 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
         version directory (has saved_model.pb).
       inputs: Image files and/or directories.
       output_dir: Where the PNGs go.
-      output_stride, scales, flip: Inference settings (checkpoint source only;
-        a SavedModel uses what was exported).
+      output_stride, scales, flip, windows: Inference settings (checkpoint
+        source only; a SavedModel uses what was exported).
       max_pixels: Images with more pixels (GIF: x frames) are skipped before
-        decoding, as are unreadable ones; 0 = no limit. A SavedModel applies
-        its own budget as well.
+        decoding, as are unreadable ones; 0 = no limit; None: the serving
+        default (DEFAULT_WINDOWED_MAX_PIXELS with windows, else
+        DEFAULT_MAX_PIXELS). A SavedModel applies its own budget as well.
       log: Where one line per image goes.
 
     Returns:
       One dict per image: path, and outputs and classes present (names), or
       "skipped" (why) for an image over budget or unreadable.
     """
+    if max_pixels is None:
+        max_pixels = DEFAULT_WINDOWED_MAX_PIXELS if windows else DEFAULT_MAX_PIXELS
     if os.path.exists(os.path.join(source, "saved_model.pb")):
         predictor = SavedModelPredictor(source)
     else:
-        predictor = CheckpointPredictor(source, output_stride, scales, flip)
+        predictor = CheckpointPredictor(source, output_stride, scales, flip, windows)
     os.makedirs(output_dir, exist_ok=True)
     results = []
     for path in list_images(inputs):

@@ -17,8 +17,12 @@
   metadata          unused int32 [] -> class_names, palette, num_classes,
                     ignore_label, output_stride, training_output_stride, scales,
                     flip, max_side, max_pixels, max_request_pixels,
-                    server_batching, precision (TF Serving rejects signatures
-                    without inputs, hence `unused`)
+                    server_batching, precision, window, window_stride
+                    (TF Serving rejects signatures without inputs, hence `unused`)
+
+Exported with a `window`, every image signature segments by sliding windows
+(`inference.Windows`): the network's memory is then that of one batch of
+windows, and the default budget is DEFAULT_WINDOWED_MAX_PIXELS.
 
 The pixel budget. TF Serving runs every model of a server in one process: one
 request that decodes or segments too many pixels takes them all down. So each
@@ -51,7 +55,7 @@ import tensorflow as tf
 from deeplabv3_tf.classes import IGNORE_LABEL, voc_palette
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.image_header import IS_EMPTY, OK, PROBLEMS, read_header
-from deeplabv3_tf.inference import predict_probabilities, upsampled_labels
+from deeplabv3_tf.inference import Windows, predict_labels, predict_probabilities, upsampled_labels
 from deeplabv3_tf.model.fold import PRECISIONS
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -60,6 +64,12 @@ IMAGE_SIGNATURES = ("serving_default", "multiscale_flip", "encoded_image", "tf_e
 # stride 16 (2.3 GB in all), 1.9 GB at stride 8 (3.1 GB in all), on CPU
 # (README "Export and serving", bench/serving_memory.py).
 DEFAULT_MAX_PIXELS = 2048 * 2048
+# 4096 x 4096 for a windowed export: the network's memory is that of a batch
+# of windows whatever the image; what grows with the image is its decoded and
+# float copies and the answer (about 40 bytes a pixel) and one row of windows'
+# accumulator (window height x width x classes x 4 bytes). Measured by
+# bench/serving_memory.py (README "Large images").
+DEFAULT_WINDOWED_MAX_PIXELS = 4096 * 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +86,8 @@ class ExportOptions:
       max_side: Resize images whose longest side exceeds this inside the graph
         (masks still come back at the original size); 0 = never.
       max_pixels: Pixels one image may have (GIF: x frames); larger images are
-        refused with INVALID_ARGUMENT before they are decoded. 0 = no limit.
+        refused with INVALID_ARGUMENT before they are decoded. 0 = no limit;
+        None: DEFAULT_MAX_PIXELS, or DEFAULT_WINDOWED_MAX_PIXELS with `window`.
       max_request_pixels: Pixels one request may hold (dense: B x H x W;
         encoded: the padded answer B x Hmax x Wmax). None: `max_pixels`;
         0 = no limit.
@@ -89,6 +100,8 @@ class ExportOptions:
       precision: "float32", or "bfloat16" for CPUs with AVX512_BF16 or AMX
         (about twice as fast; masks agree with float32 on >= 99.5% of
         pixels). Probabilities stay float32 either way.
+      window: Segment images by sliding windows (`inference.Windows`) in every
+        image signature; images no larger than the window run whole.
     """
 
     output_stride: int | None = None
@@ -96,13 +109,19 @@ class ExportOptions:
     flip: bool = True
     with_probabilities: bool = False
     max_side: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None
     max_request_pixels: int | None = None
     server_batching: bool = False
     fold_batch_norm: bool = True
     precision: str = "float32"
+    window: Windows | None = None
 
     def __post_init__(self):
+        if isinstance(self.window, dict):  # from export_config.json
+            object.__setattr__(self, "window", Windows(**self.window))
+        if self.max_pixels is None:
+            object.__setattr__(self, "max_pixels", DEFAULT_WINDOWED_MAX_PIXELS if self.window
+                               else DEFAULT_MAX_PIXELS)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}.")
         if self.precision != "float32" and not self.fold_batch_norm:
@@ -214,14 +233,14 @@ class SegmentationModule(tf.Module):
         masks are upsampled block by block (`upsampled_labels`).
         """
         with_probabilities = self.options.with_probabilities
+        windows = self.options.window
         size = tf.shape(images)[1:3]
         target = self._target_size(size, shrink_to_pixels)
 
         def whole():
             if not with_probabilities and tuple(scales) == (1.0,) and not flip:
-                logits = self.model(images, training=False)
-                return {"semantic": tf.argmax(logits, axis=-1, output_type=tf.int32)}
-            probabilities = predict_probabilities(self.model, images, scales, flip)
+                return {"semantic": predict_labels(self.model, images, windows=windows)}
+            probabilities = predict_probabilities(self.model, images, scales, flip, windows)
             outputs = {"semantic": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
             if with_probabilities:
                 outputs["probabilities"] = probabilities
@@ -229,7 +248,7 @@ class SegmentationModule(tf.Module):
 
         def shrunk():
             small = tf.image.resize(images, target)
-            probabilities = predict_probabilities(self.model, small, scales, flip)
+            probabilities = predict_probabilities(self.model, small, scales, flip, windows)
             outputs = {"semantic": upsampled_labels(probabilities, size)}
             if with_probabilities:
                 outputs["probabilities"] = tf.image.resize(probabilities, size)
@@ -420,4 +439,8 @@ class SegmentationModule(tf.Module):
             "max_request_pixels": tf.constant(options.request_pixels, tf.int64),
             "server_batching": tf.constant(options.server_batching),
             "precision": tf.constant(options.precision),
+            # [0, 0]: whole images.
+            "window": tf.constant(list(options.window.size) if options.window else [0, 0]),
+            "window_stride": tf.constant(
+                list(options.window.stride) if options.window else [0, 0]),
         }

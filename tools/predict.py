@@ -2,6 +2,7 @@
 
   python tools/predict.py --source runs/voc_r101_os16 --output_dir out photo.jpg photos/
   python tools/predict.py --source exports/deeplabv3/1 --output_dir out photos/
+  python tools/predict.py --source runs/aerial --window 769x769 --window_batch 2 tiles/
 
 An image over --max_pixels or unreadable is reported in one line and skipped;
 the others are still written, and the exit status is then 1.
@@ -16,16 +17,20 @@ start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 from absl import app, flags, logging  # noqa: E402
 
 from deeplabv3_tf.predict import predict_files  # noqa: E402
-from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS  # noqa: E402
+from deeplabv3_tf.inference import Windows  # noqa: E402
 
 flags.DEFINE_string("source", None, "Run directory or SavedModel version directory.", required=True)
 flags.DEFINE_string("output_dir", "predictions", "Where masks and overlays go.")
 flags.DEFINE_integer("output_stride", None, "Inference output stride (run source only).")
 flags.DEFINE_list("scales", ["1.0"], "Inference scales (run source only).")
 flags.DEFINE_bool("flip", False, "Add left-right flipped inputs (run source only).")
-flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
+flags.DEFINE_string("window", None, "Sliding window HEIGHTxWIDTH (run source only; "
+                    "default: whole images).")
+flags.DEFINE_string("window_stride", None, "Window stride HEIGHTxWIDTH (default: 2/3 of the window).")
+flags.DEFINE_integer("window_batch", 1, "Windows per network call.")
+flags.DEFINE_integer("max_pixels", None,
                      "Skip images with more pixels (GIF: x frames), read from their headers "
-                     "(0: no limit).")
+                     "(0: no limit; default 2048x2048, 4096x4096 with --window).")
 FLAGS = flags.FLAGS
 
 
@@ -34,9 +39,16 @@ def main(argv):
     if len(argv) < 2:
         raise app.UsageError("Give image files or directories.")
     results = []
-    status = run_reporting_errors(lambda: results.extend(predict_files(
-        FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
-        tuple(float(s) for s in FLAGS.scales), FLAGS.flip, FLAGS.max_pixels)))
+
+    def run():
+        windows = FLAGS.window and Windows.parse(FLAGS.window, FLAGS.window_stride,
+                                                 FLAGS.window_batch)
+        results.extend(predict_files(
+            FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
+            tuple(float(s) for s in FLAGS.scales), FLAGS.flip, FLAGS.max_pixels,
+            windows or None))
+
+    status = run_reporting_errors(run)
     skipped = sum("skipped" in r for r in results)
     if skipped:
         print(f"{skipped} of {len(results)} images skipped", file=sys.stderr)
