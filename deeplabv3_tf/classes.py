@@ -1,10 +1,20 @@
-"""Class names and colour palettes of the datasets the project knows.
+"""What a dataset's labels mean: `DatasetInfo`, and the datasets the project knows.
 
 `IGNORE_LABEL` is the one label value that losses and metrics skip; it is
 defined here once and imported everywhere else.
+
+A `DatasetInfo` (names, colours and, where the dataset has them, its own label
+ids) is written into every manifest by the record builders, carried into a
+run's experiment.json by training (`DataConfig.dataset`, `class_names`,
+`colors`, `label_ids`), and used by evaluation, the export (metadata, assets)
+and `tools/predict.py`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
 
 import numpy as np
 
@@ -39,3 +49,141 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
         palette[index] = (r, g, b)
     return palette
 
+
+
+# cityscapesScripts helpers/labels.py: the 19 evaluated classes in train-id
+# order, with their colours and label ids.
+CITYSCAPES_COLORS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32))
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+def background_class(class_names) -> int | None:
+    """Class 0 where it is named as background (overlays leave it unblended), else None
+    (Cityscapes' class 0 is road)."""
+    first = str(class_names[0]).lower() if len(class_names) else ""
+    return 0 if first in ("background", "bg", "_background_", "unlabeled") else None
+
+
+def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """The PASCAL VOC colour map's first `num_classes` colours (for data without its own)."""
+    if not 1 <= num_classes <= 255:
+        raise ValueError(f"num_classes={num_classes}: the default colour map has 255 colours.")
+    return tuple(tuple(int(v) for v in c) for c in voc_palette()[:num_classes])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """The meaning of a dataset's class ids (deeplab2's dataset descriptor).
+
+    Attributes:
+      name: "pascal_voc", "cityscapes", "coco", "folder" ("" when unknown).
+      class_names: Name of each class, index = class id.
+      colors: (r, g, b) of each class in colour masks; () for classification
+        data.
+      ignore_label: Label value of void pixels in the records.
+      label_ids: The id each class has in the dataset's own tools (Cityscapes:
+        train id -> label id); () when the class id is that id.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...] = ()
+    ignore_label: int = IGNORE_LABEL
+    label_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
+        object.__setattr__(self, "colors", tuple(tuple(int(v) for v in c) for c in self.colors))
+        object.__setattr__(self, "label_ids", tuple(int(v) for v in self.label_ids))
+        check_colors(self.colors, len(self.class_names), "colors")
+        if self.label_ids and len(self.label_ids) != len(self.class_names):
+            raise ValueError(f"{len(self.label_ids)} label ids for "
+                             f"{len(self.class_names)} classes.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def lookup(self) -> np.ndarray:
+        """uint8 [256, 3]: the class colours, then the VOC colour map (void,
+        255, is VOC's (224, 224, 192)), for colouring any 8-bit label map."""
+        table = voc_palette(256)
+        if self.colors:
+            table[: self.num_classes] = np.asarray(self.colors, np.uint8)
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "class_names": list(self.class_names),
+                "colors": [list(c) for c in self.colors], "ignore_label": self.ignore_label,
+                "label_ids": list(self.label_ids)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DatasetInfo":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown dataset description fields: {unknown}.")
+        return cls(**values)
+
+
+def with_palette_file(info: DatasetInfo, path: str) -> DatasetInfo:
+    """`info` with the colours (and, where the file has them, names and label
+    ids) of a palette file: {"colors": [[r, g, b], ...], "names": [...],
+    "label_ids": [...]} (the folder builder's format; a bare list of colours
+    is accepted).
+
+    Raises:
+      FileNotFoundError / ValueError: naming the file and the problem.
+    """
+    import json
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Palette file not found: {path}")
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, list):
+        data = {"colors": data}
+    if not isinstance(data, dict) or not isinstance(data.get("colors"), list):
+        raise ValueError(f"{path}: expected a 'colors' list of [r, g, b].")
+    try:
+        return dataclasses.replace(
+            info, colors=tuple(tuple(c) for c in data["colors"]),
+            class_names=tuple(data.get("names") or info.class_names),
+            label_ids=tuple(data.get("label_ids") or info.label_ids))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e} (the model has {info.num_classes} classes)") from None
+
+
+def check_colors(colors, num_classes: int, what: str) -> None:
+    """Refuses colours that are not one (r, g, b) of 0..255 per class."""
+    if not colors:
+        return
+    if len(colors) != num_classes:
+        raise ValueError(f"{len(colors)} {what} for {num_classes} classes.")
+    for colour in colors:
+        if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+            raise ValueError(f"{what}: {tuple(colour)} is not an (r, g, b) of 0..255 values.")
+
+
+PASCAL_VOC = DatasetInfo("pascal_voc", VOC_CLASSES, default_colors(len(VOC_CLASSES)))
+# COCO images on the 20 VOC categories (paper §4.1): VOC's names and colours.
+COCO_VOC = dataclasses.replace(PASCAL_VOC, name="coco")
+CITYSCAPES = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLORS,
+                         label_ids=CITYSCAPES_LABEL_IDS)
+
+_NOTED: set[str] = set()
+
+
+def note_once(key: str, message: str) -> None:
+    """Prints `message` to stderr the first time `key` is seen in this process."""
+    if key not in _NOTED:
+        _NOTED.add(key)
+        print(message, file=sys.stderr)

@@ -17,7 +17,9 @@ import json
 import os
 from typing import Any, Callable
 
-from deeplabv3_tf.classes import CITYSCAPES_CLASSES, IGNORE_LABEL, VOC_CLASSES
+from deeplabv3_tf.classes import (
+    CITYSCAPES, COCO_VOC, IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES, DatasetInfo, check_colors,
+    default_colors, note_once)
 from deeplabv3_tf.config import ModelConfig, keras_applications_compatible, torchvision_backbone
 
 EXPERIMENT_FILE = "experiment.json"
@@ -31,10 +33,20 @@ TASKS = ("segmentation", "classification")
 class DataConfig:
     """Where the records are and how examples are prepared.
 
+    The dataset's description (`classes.DatasetInfo`) is `dataset`,
+    `class_names`, `colors`, `ignore_label` and `label_ids`; training takes
+    them from the training records' manifest unless they are set
+    (`resolve_experiment`).
+
     Attributes:
       train_records: Glob of training shards.
       val_records: Glob of validation shards ("" for none).
+      dataset: Name of the dataset ("pascal_voc", "cityscapes", "folder", ...).
       class_names: Names of the classes, index = class id.
+      colors: (r, g, b) of each class in colour masks; () for the PASCAL VOC
+        colour map.
+      label_ids: The id of each class in the dataset's own tools (Cityscapes
+        label ids); () when class ids are those ids.
       crop_size: Training crop (height, width).
       min_scale, max_scale: Random scale range.
       flip: Random left-right flip.
@@ -49,7 +61,10 @@ class DataConfig:
 
     train_records: str = ""
     val_records: str = ""
+    dataset: str = ""
     class_names: tuple[str, ...] = VOC_CLASSES
+    colors: tuple[tuple[int, int, int], ...] = ()
+    label_ids: tuple[int, ...] = ()
     crop_size: tuple[int, int] = (513, 513)
     min_scale: float = 0.5
     max_scale: float = 2.0
@@ -60,6 +75,25 @@ class DataConfig:
     hard_class_repeat: int = 1
     image_size: int = 224
     use_confidence: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
+
+    @property
+    def info(self) -> DatasetInfo:
+        """The dataset description these fields hold (colours filled in)."""
+        return DatasetInfo(self.dataset, self.class_names,
+                           self.colors or default_colors(len(self.class_names)),
+                           self.ignore_label, self.label_ids)
+
+    def with_dataset(self, info: DatasetInfo) -> "DataConfig":
+        return dataclasses.replace(self, **dataset_fields(info))
+
+
+def dataset_fields(info: DatasetInfo) -> dict[str, Any]:
+    """DataConfig fields of a dataset description."""
+    return {"dataset": info.name, "class_names": info.class_names, "colors": info.colors,
+            "label_ids": info.label_ids, "ignore_label": info.ignore_label}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,10 +203,18 @@ class ExperimentConfig:
             raise ValueError(f"precision={self.train.precision!r} is not one of {PRECISIONS}.")
         if self.train.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.train.strategy!r} is not one of {STRATEGIES}.")
-        if self.task == "segmentation" and len(self.data.class_names) != self.model.num_classes:
-            raise ValueError(
-                f"{len(self.data.class_names)} class names for "
-                f"{self.model.num_classes} classes.")
+        if self.task == "segmentation":
+            data, num_classes = self.data, self.model.num_classes
+            if len(data.class_names) != num_classes:
+                raise ValueError(f"{len(data.class_names)} class names for {num_classes} "
+                                 "classes.")
+            try:
+                check_colors(data.colors, num_classes, "data.colors")
+            except ValueError as e:
+                raise ValueError(f"{e} (data.colors=() gives the default colour map)") from None
+            if data.label_ids and len(data.label_ids) != num_classes:
+                raise ValueError(f"{len(data.label_ids)} data.label_ids for {num_classes} "
+                                 "classes (data.label_ids=() for none).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,7 +258,13 @@ def load_experiment(directory: str) -> ExperimentConfig:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{given} is not a training run: no {path}.")
     with open(path) as f:
-        return ExperimentConfig.from_dict(json.load(f))
+        values = json.load(f)
+    if values.get("task", "segmentation") == "segmentation" and "dataset" not in values.get(
+            "data", {}):
+        note_once(path, f"note: {path} has no dataset description (written by an older "
+                  "version): the PASCAL VOC colour map is used for its classes; tools/export.py "
+                  "--palette sets colours and names.")
+    return ExperimentConfig.from_dict(values)
 
 
 def override(experiment: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
@@ -266,7 +314,7 @@ def voc_r101_os16() -> ExperimentConfig:
         name="voc_r101_os16",
         model=_r101_imagenet(),
         data=DataConfig(train_records="records/voc/train_aug-*",
-                        val_records="records/voc/val-*"),
+                        val_records="records/voc/val-*").with_dataset(PASCAL_VOC),
         train=TrainConfig(init="resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"),
         eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8),
         paper_results={"val_miou_os16": 77.21, "val_miou_os8": 78.51,
@@ -312,7 +360,7 @@ def coco_r101_os16() -> ExperimentConfig:
     return dataclasses.replace(
         base, name="coco_r101_os16",
         data=dataclasses.replace(base.data, train_records="records/coco/train-*",
-                                 val_records="records/coco/val-*"),
+                                 val_records="records/coco/val-*").with_dataset(COCO_VOC),
         eval=EvalConfig(output_strides=(16,)), paper_results={})
 
 
@@ -335,10 +383,10 @@ def cityscapes_r101_os16() -> ExperimentConfig:
     base = voc_r101_os16()
     return dataclasses.replace(
         base, name="cityscapes_r101_os16",
-        model=dataclasses.replace(base.model, num_classes=len(CITYSCAPES_CLASSES)),
+        model=dataclasses.replace(base.model, num_classes=CITYSCAPES.num_classes),
         data=dataclasses.replace(base.data, train_records="records/cityscapes/train-*",
                                  val_records="records/cityscapes/val-*",
-                                 class_names=CITYSCAPES_CLASSES, crop_size=(769, 769)),
+                                 crop_size=(769, 769)).with_dataset(CITYSCAPES),
         train=dataclasses.replace(base.train, steps=90000, batch_size=8),
         eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8,
                         window=(769, 769), window_stride=(513, 513), windowed_output_stride=8),
@@ -378,7 +426,8 @@ def tiny_voc() -> ExperimentConfig:
         name="tiny_voc",
         model=tiny_model(),
         data=DataConfig(train_records="runs/demo/records/train-*",
-                        val_records="runs/demo/records/val-*", crop_size=(97, 97),
+                        val_records="runs/demo/records/val-*", dataset="pascal_voc",
+                        crop_size=(97, 97),
                         min_scale=0.75, max_scale=1.25, shuffle_buffer=256),
         train=TrainConfig(steps=600, batch_size=8, learning_rate=0.05, weight_decay=1e-4,
                           checkpoint_every=100, log_every=10, image_summary_every=100,
@@ -417,3 +466,81 @@ def get_recipe(name: str) -> ExperimentConfig:
     if name not in RECIPES:
         raise ValueError(f"Unknown experiment {name!r}; choose one of {sorted(RECIPES)}.")
     return RECIPES[name]()
+
+
+# What the training records say about the data, and the field each goes to.
+_RECORDS_FIELDS = {"num_classes": "model.num_classes", "dataset": "data.dataset",
+                   "class_names": "data.class_names", "colors": "data.colors",
+                   "label_ids": "data.label_ids"}
+
+
+def _assigned(assignments: list[str]) -> dict[str, Any]:
+    """{field: value} of `section.field=value` strings, the last of each winning."""
+    values = {}
+    for assignment in assignments:
+        key, _, raw = assignment.partition("=")
+        try:
+            values[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            values[key.strip()] = raw
+    return values
+
+
+def resolve_experiment(recipe: ExperimentConfig, assignments: list[str],
+                       log: Callable[[str], None] = print) -> ExperimentConfig:
+    """A recipe with `assignments` applied, its data described by its training records.
+
+    The number of classes and the dataset description (name, class names,
+    colours, label ids) come from the training records' manifest, unless an
+    assignment sets them: a 3-class folder dataset trains with a recipe made
+    for VOC's 21 without restating its names. Records built before manifests
+    described their data give their number of classes and names only, and
+    say so once.
+
+    Raises:
+      ValueError: model.num_classes set to another number than the records have.
+    """
+    given = _assigned(assignments)
+    records = given.get("data.train_records", recipe.data.train_records)
+    from deeplabv3_tf.data.tfrecord_builders.shards import records_manifest
+
+    manifest, path = records_manifest(str(records))
+    if manifest is None:
+        return override(recipe, assignments)
+    described = manifest.get("dataset")
+    if described is None:
+        if recipe.task == "segmentation":
+            note_once(path, f"note: {path} has no dataset description (built by an older "
+                      "version): its number of classes and names are used, with the "
+                      "recipe's colours or the default colour map.")
+        found = {"num_classes": manifest["num_classes"]}
+        if manifest.get("class_names"):
+            found["class_names"] = tuple(manifest["class_names"])
+        if len(recipe.data.colors) != manifest["num_classes"]:
+            found["colors"] = ()
+    else:
+        info = DatasetInfo.from_dict(described)
+        found = {"num_classes": info.num_classes, "dataset": info.name,
+                 "class_names": info.class_names, "colors": info.colors,
+                 "label_ids": info.label_ids}
+    if recipe.task == "classification":
+        found = {k: v for k, v in found.items() if k in ("num_classes", "class_names")}
+    num_classes = given.get("model.num_classes")
+    if num_classes is not None and num_classes != found["num_classes"]:
+        raise ValueError(
+            f"The training records have {found['num_classes']} classes ({path}) but "
+            f"model.num_classes={num_classes} is set; leave it out to take the records'.")
+    adopted = [f"{_RECORDS_FIELDS[k]}={v!r}" for k, v in found.items()
+               if _RECORDS_FIELDS[k] not in given]
+    experiment = override(recipe, adopted + assignments)
+
+    def description(e):
+        return (e.model.num_classes, e.data.dataset, e.data.class_names, e.data.colors,
+                e.data.label_ids)
+
+    if description(experiment) != description(recipe):
+        names = ", ".join(experiment.data.class_names[:8]) + (
+            ", ..." if len(experiment.data.class_names) > 8 else "")
+        log(f"data: {experiment.data.dataset or 'unnamed dataset'}, "
+            f"{experiment.model.num_classes} classes ({names}) from {path}")
+    return experiment

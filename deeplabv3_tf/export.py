@@ -6,8 +6,10 @@ that preprocessing and architecture cannot drift from training; only the
 inference output stride may differ (default: the training one). What is served
 (signatures, request checks, the pixel budget) is `serving.SegmentationModule`.
 
-Class names and the palette also travel as assets (assets/class_names.txt,
-assets/palette.txt). assets.extra/tf_serving_warmup_requests holds one
+The dataset's description (names, colours, label ids: the run's, which
+training took from its records, or one given at export) is in the metadata
+signature and travels as assets (assets/class_names.txt, assets/palette.txt,
+assets/label_ids.txt). assets.extra/tf_serving_warmup_requests holds one
 PredictionLog per image signature; assets.extra/export_config.json the
 experiment, checkpoint and export options. No function is XLA-compiled: TF
 Serving does not reliably load such graphs (tensorflow/serving#2214).
@@ -26,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from deeplabv3_tf.classes import with_palette_file
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.experiments import load_experiment
 from deeplabv3_tf.model import build_deeplabv3
@@ -119,6 +122,7 @@ def _warmup_requests(path: str, images: Sequence[np.ndarray]) -> int:
 
 def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = ExportOptions(),
                        version: int | None = None, checkpoint: str | None = None,
+                       palette_file: str | None = None,
                        log: Callable[[str], None] = print) -> str:
     """Exports a training run as EXPORT_DIR/<version>/, ready for TF Serving.
 
@@ -126,10 +130,17 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
     temporary name, then renamed), so a server watching EXPORT_DIR never
     loads a half-written model.
 
+    Args:
+      palette_file: Colours (and optionally names, label ids) to export
+        instead of the run's (`classes.with_palette_file`).
+
     Returns:
       The version directory.
     """
     model, experiment, prefix = load_trained_model(run_dir, options.output_stride, checkpoint)
+    dataset = experiment.data.info
+    if palette_file:
+        dataset = with_palette_file(dataset, palette_file)
     if options.fold_batch_norm:
         config = dataclasses.replace(experiment.model, output_stride=(
             options.output_stride or experiment.model.output_stride))
@@ -144,26 +155,30 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
     try:
         asset_dir = tempfile.mkdtemp(dir=staging)
-        module = SegmentationModule(model, experiment, options)
-        names_path = os.path.join(asset_dir, "class_names.txt")
-        palette_path = os.path.join(asset_dir, "palette.txt")
-        with open(names_path, "w") as f:
-            f.write("".join(f"{name}\n" for name in module.class_names))
-        with open(palette_path, "w") as f:
-            f.write("".join(f"{r} {g} {b}\n" for r, g, b in module.palette))
-        module.assets = [tf.saved_model.Asset(names_path), tf.saved_model.Asset(palette_path)]
+        module = SegmentationModule(model, experiment, options, dataset)
+        assets = {"class_names.txt": [str(name) for name in module.class_names],
+                  "palette.txt": [f"{r} {g} {b}" for r, g, b in module.palette],
+                  "label_ids.txt": [str(i) for i in module.label_ids]}
+        module.assets = []
+        for name, lines in assets.items():
+            path = os.path.join(asset_dir, name)
+            with open(path, "w") as f:
+                f.write("".join(f"{line}\n" for line in lines))
+            module.assets.append(tf.saved_model.Asset(path))
         saved = os.path.join(staging, "model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         warm = _warmup_images(module)
         _warmup_requests(os.path.join(saved, WARMUP_FILE), warm)
         with open(os.path.join(saved, CONFIG_FILE), "w") as f:
             json.dump({"experiment": experiment.to_dict(), "checkpoint": prefix,
+                       "dataset": dataset.to_dict(),
                        "options": dataclasses.asdict(options),
                        "max_request_pixels": options.request_pixels,
                        "output_stride": module.output_stride}, f, indent=2)
         os.rename(saved, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"exported {experiment.name} ({prefix}) at output stride {module.output_stride} "
-        f"to {final}")
+    windows = "" if options.window is None else ", by {}x{} windows".format(*options.window.size)
+    log(f"exported {experiment.name} ({prefix}) at output stride {module.output_stride}"
+        f"{windows}, {dataset.name or 'unnamed dataset'} classes and colours, to {final}")
     return final

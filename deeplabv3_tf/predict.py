@@ -1,4 +1,8 @@
-"""Segmenting image files: colour masks and overlays, from a run or a SavedModel."""
+"""Segmenting image files: colour masks and overlays, from a run or a SavedModel.
+
+Colours, names and label ids are the dataset's (the run's experiment.json or
+the SavedModel's metadata signature).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.classes import voc_palette
+from deeplabv3_tf.classes import background_class
 from deeplabv3_tf.data.images import InvalidExampleError, read_bytes, read_image
 from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
 from deeplabv3_tf.inference import Windows, predict_labels
@@ -80,6 +84,10 @@ class SavedModelPredictor:
         metadata = self.loaded.signatures["metadata"](unused=tf.constant(0))
         self.class_names = [n.decode() for n in metadata["class_names"].numpy()]
         self.palette = metadata["palette"].numpy().astype(np.uint8)
+        # Exports made before label ids were exported have none: class ids.
+        self.label_ids = (metadata["label_ids"].numpy() if "label_ids" in metadata
+                          else np.arange(len(self.class_names)))
+        self.dataset = metadata["dataset"].numpy().decode() if "dataset" in metadata else ""
 
     def __call__(self, encoded: bytes) -> np.ndarray:
         out = self.signature(images=tf.constant([encoded]))
@@ -96,8 +104,11 @@ class CheckpointPredictor:
         from deeplabv3_tf.export import load_trained_model
 
         model, experiment, _ = load_trained_model(run_dir, output_stride)
-        self.class_names = list(experiment.data.class_names)
-        self.palette = voc_palette()[: len(self.class_names)]
+        info = experiment.data.info
+        self.class_names = list(info.class_names)
+        self.palette = np.asarray(info.colors, np.uint8)
+        self.label_ids = np.asarray(info.label_ids or range(info.num_classes))
+        self.dataset = info.name
         self._predict = tf.function(
             lambda images: predict_labels(model, images, scales, flip, windows),
             input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
@@ -110,9 +121,14 @@ class CheckpointPredictor:
 def predict_files(source: str, inputs: Sequence[str], output_dir: str,
                   output_stride: int | None = None, scales: Sequence[float] = (1.0,),
                   flip: bool = False, max_pixels: int | None = None,
-                  windows: Windows | None = None,
+                  windows: Windows | None = None, label_ids: bool = False,
                   log: Callable[[str], None] = print) -> list[dict]:
     """Writes <name>_mask.png (colour), <name>_overlay.png and <name>_labels.png (ids).
+
+    With `label_ids`, also label_ids/<image file name>.png: the dataset's own
+    id of each pixel's class (Cityscapes: train id -> label id, the files
+    cityscapesScripts and the Cityscapes test server read: they find each
+    image's prediction by the <city>_<seq>_<frame> its name starts with).
 
     Args:
       source: A training run directory (has experiment.json) or a SavedModel
@@ -137,7 +153,12 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
         predictor = SavedModelPredictor(source)
     else:
         predictor = CheckpointPredictor(source, output_stride, scales, flip, windows)
+    if label_ids and np.array_equal(predictor.label_ids, np.arange(len(predictor.class_names))):
+        log(f"note: {source} has no label ids of its own ({predictor.dataset or 'unnamed'} "
+            "dataset): label_ids/ holds the class ids.")
     os.makedirs(output_dir, exist_ok=True)
+    if label_ids:
+        os.makedirs(os.path.join(output_dir, "label_ids"), exist_ok=True)
     results = []
     for path in list_images(inputs):
         try:
@@ -158,8 +179,15 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
                    "overlay": os.path.join(output_dir, f"{stem}_overlay.png"),
                    "labels": os.path.join(output_dir, f"{stem}_labels.png")}
         Image.fromarray(colorize(labels.astype(np.uint8), predictor.palette)).save(outputs["mask"])
-        Image.fromarray(overlay(rgb, labels, predictor.palette)).save(outputs["overlay"])
+        Image.fromarray(overlay(rgb, labels, predictor.palette,
+                                background=background_class(predictor.class_names))).save(
+            outputs["overlay"])
         Image.fromarray(labels.astype(np.uint8)).save(outputs["labels"])
+        if label_ids:
+            outputs["label_ids"] = os.path.join(output_dir, "label_ids", f"{stem}.png")
+            ids = predictor.label_ids[labels]
+            Image.fromarray(ids.astype(np.uint8 if ids.max() < 256 else np.uint16)).save(
+                outputs["label_ids"])
         present = [predictor.class_names[c] for c in np.unique(labels)
                    if c < len(predictor.class_names)]
         log(f"{path}: {', '.join(present)} -> {outputs['overlay']}")

@@ -14,7 +14,9 @@
                     with server_batching also error string [B]
   tf_example        examples string [B] (serialised tf.Example with
                     image/encoded) -> as encoded_image
-  metadata          unused int32 [] -> class_names, palette, num_classes,
+  metadata          unused int32 [] -> dataset, class_names, palette (int32
+                    [K, 3]), label_ids (int32 [K], the dataset's own id of each
+                    class, e.g. Cityscapes label ids), num_classes,
                     ignore_label, output_stride, training_output_stride, scales,
                     flip, max_side, max_pixels, max_request_pixels,
                     server_batching, precision, window, window_stride
@@ -52,7 +54,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from deeplabv3_tf.classes import IGNORE_LABEL, voc_palette
+from deeplabv3_tf.classes import IGNORE_LABEL, DatasetInfo
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.image_header import IS_EMPTY, OK, PROBLEMS, read_header
 from deeplabv3_tf.inference import Windows, predict_labels, predict_probabilities, upsampled_labels
@@ -173,7 +175,8 @@ class SegmentationModule(tf.Module):
     tf.Variables themselves (`weights`) and keeps the model out of tracking.
     """
 
-    def __init__(self, model, experiment, options: ExportOptions):
+    def __init__(self, model, experiment, options: ExportOptions,
+                 dataset: DatasetInfo | None = None):
         super().__init__(name="deeplabv3")
         self._network = _Untracked(model)
         self.weights = [w.value for w in model.weights]
@@ -182,9 +185,16 @@ class SegmentationModule(tf.Module):
                             "(Keras with the TensorFlow backend).")
         self.options = options
         self.num_classes = experiment.model.num_classes
-        self.class_names = list(experiment.data.class_names) or [
-            str(i) for i in range(self.num_classes)]
-        self.palette = voc_palette()[: self.num_classes].astype(np.int32)
+        dataset = dataset or experiment.data.info
+        if dataset.num_classes != self.num_classes:
+            raise ValueError(f"{dataset.num_classes} class names for the model's "
+                             f"{self.num_classes} classes.")
+        self.dataset = dataset
+        self.class_names = list(dataset.class_names)
+        self.palette = np.asarray(dataset.colors, np.int32)
+        # The dataset's own id of each class (Cityscapes label ids); the class id
+        # itself where the dataset has none.
+        self.label_ids = np.asarray(dataset.label_ids or range(self.num_classes), np.int32)
         self.training_output_stride = experiment.model.output_stride
         self.output_stride = options.output_stride or experiment.model.output_stride
 
@@ -426,8 +436,10 @@ class SegmentationModule(tf.Module):
         del unused
         options = self.options
         return {
+            "dataset": tf.constant(self.dataset.name),
             "class_names": tf.constant(self.class_names),
             "palette": tf.constant(self.palette),
+            "label_ids": tf.constant(self.label_ids),
             "num_classes": tf.constant(self.num_classes),
             "ignore_label": tf.constant(IGNORE_LABEL),
             "output_stride": tf.constant(self.output_stride),

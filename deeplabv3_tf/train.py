@@ -19,7 +19,6 @@ all-reduced with the step's other results).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -33,6 +32,7 @@ import tensorflow as tf
 
 from deeplabv3_tf import data as data_lib
 from deeplabv3_tf.config import ModelConfig
+from deeplabv3_tf.data.tfrecord_builders.shards import records_manifest
 from deeplabv3_tf.distribute import is_chief, make_strategy, set_precision
 from deeplabv3_tf.evaluate import evaluate_model
 from deeplabv3_tf.experiments import (
@@ -371,7 +371,8 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
                 window[:] = 0
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if segmentation and tc.image_summary_every and step % tc.image_summary_every == 0:
-                _image_summary(writers, predictor, strategy, batch, step)
+                _image_summary(writers, predictor, strategy, batch, step,
+                               experiment.data.info.lookup())
             if step % tc.checkpoint_every == 0 or step == end or stopping:
                 manager.save(checkpoint_number=step)
             if (segmentation and tc.eval_every and step % tc.eval_every == 0
@@ -393,13 +394,10 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
 
 def _check_records(experiment: ExperimentConfig) -> None:
     """Refuses records whose manifest gives another number of classes than the model's."""
-    pattern = experiment.data.train_records
-    prefix = os.path.basename(pattern).split("-")[0]
-    manifest_path = os.path.join(os.path.dirname(pattern), f"{prefix}.manifest.json")
-    if not prefix or "*" in prefix or not os.path.exists(manifest_path):
+    manifest, manifest_path = records_manifest(experiment.data.train_records)
+    if manifest is None:
         return
-    with open(manifest_path) as f:
-        num_classes = json.load(f)["num_classes"]
+    num_classes = manifest["num_classes"]
     if num_classes != experiment.model.num_classes:
         raise ValueError(
             f"The training records have {num_classes} classes ({manifest_path}) but "
@@ -450,7 +448,7 @@ def _log_scalars(writers, optimizer, model, tc, step, loss, window, segmentation
     return record
 
 
-def _image_summary(writers, model, strategy, batch, step, count: int = 2) -> None:
+def _image_summary(writers, model, strategy, batch, step, palette, count: int = 2) -> None:
     if not writers:
         return
     images = strategy.experimental_local_results(batch["image"])[0][:count]
@@ -459,8 +457,8 @@ def _image_summary(writers, model, strategy, batch, step, count: int = 2) -> Non
     panels = []
     for image, label, prediction in zip(images.numpy(), labels.numpy(), predictions.numpy()):
         image = np.clip(image, 0, 255).astype(np.uint8)
-        panels.append(np.concatenate([image, overlay(image, label % 256),
-                                      overlay(image, prediction)], axis=1))
+        panels.append(np.concatenate([image, overlay(image, label % 256, palette),
+                                      overlay(image, prediction, palette)], axis=1))
     with writers["train"].as_default(step=step):
         tf.summary.image("image_label_prediction", np.stack(panels), max_outputs=count)
 

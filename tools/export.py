@@ -39,6 +39,10 @@ flags.DEFINE_bool("server_batching", False,
 flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, fewer ops).")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute precision of the exported convs (bfloat16: CPUs with AVX512_BF16/AMX).")
+flags.DEFINE_string("palette", None,
+                    "JSON file of class colours (and optionally names and label ids) to "
+                    "export instead of the run's: {\"colors\": [[r, g, b], ...], \"names\": "
+                    "[...], \"label_ids\": [...]}.")
 flags.DEFINE_string("window", None, "Segment by sliding windows of HEIGHTxWIDTH in every "
                     "signature (default: whole images).")
 flags.DEFINE_string("window_stride", None, "Window stride HEIGHTxWIDTH (default: 2/3 of the window).")
@@ -61,7 +65,8 @@ def main(argv):
             server_batching=FLAGS.server_batching, fold_batch_norm=FLAGS.fold_batch_norm,
             precision=FLAGS.precision, window=window or None)
         print(export_saved_model(FLAGS.model_dir, FLAGS.export_dir, options,
-                                 version=FLAGS.version, checkpoint=FLAGS.checkpoint))
+                                 version=FLAGS.version, checkpoint=FLAGS.checkpoint,
+                                 palette_file=FLAGS.palette))
 
     return run_reporting_errors(run)
 

@@ -3,6 +3,8 @@
   python tools/predict.py --source runs/voc_r101_os16 --output_dir out photo.jpg photos/
   python tools/predict.py --source exports/deeplabv3/1 --output_dir out photos/
   python tools/predict.py --source runs/aerial --window 769x769 --window_batch 2 tiles/
+  python tools/predict.py --source runs/cityscapes_r101_os16 --label_ids \
+      --output_dir results leftImg8bit/test/*/        # zip results/label_ids for the server
 
 An image over --max_pixels or unreadable is reported in one line and skipped;
 the others are still written, and the exit status is then 1.
@@ -28,6 +30,9 @@ flags.DEFINE_string("window", None, "Sliding window HEIGHTxWIDTH (run source onl
                     "default: whole images).")
 flags.DEFINE_string("window_stride", None, "Window stride HEIGHTxWIDTH (default: 2/3 of the window).")
 flags.DEFINE_integer("window_batch", 1, "Windows per network call.")
+flags.DEFINE_bool("label_ids", False,
+                  "Also write label_ids/<image name>.png with the dataset's own ids (Cityscapes: "
+                  "label ids, for cityscapesScripts and the test server).")
 flags.DEFINE_integer("max_pixels", None,
                      "Skip images with more pixels (GIF: x frames), read from their headers "
                      "(0: no limit; default 2048x2048, 4096x4096 with --window).")
@@ -46,7 +51,7 @@ def main(argv):
         results.extend(predict_files(
             FLAGS.source, argv[1:], FLAGS.output_dir, FLAGS.output_stride,
             tuple(float(s) for s in FLAGS.scales), FLAGS.flip, FLAGS.max_pixels,
-            windows or None))
+            windows or None, FLAGS.label_ids))
 
     status = run_reporting_errors(run)
     skipped = sum("skipped" in r for r in results)

@@ -1,5 +1,8 @@
 """Trains a named experiment (recipe), resuming from model_dir if it holds a checkpoint.
 
+The number of classes and the dataset's names, colours and label ids come from the
+training records' manifest unless --set gives them.
+
   python tools/train.py --experiment voc_r101_os16 --model_dir runs/voc_r101_os16 \\
       --init resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5
   python tools/train.py --experiment tiny_voc --set train.steps=100 --set data.crop_size=(65,65)
@@ -17,7 +20,7 @@ import json  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.experiments import RECIPES, get_recipe, override  # noqa: E402
+from deeplabv3_tf.experiments import RECIPES, get_recipe, resolve_experiment  # noqa: E402
 from deeplabv3_tf.train import train  # noqa: E402
 
 flags.DEFINE_enum("experiment", "voc_r101_os16", sorted(RECIPES), "Recipe to train.")
@@ -56,7 +59,8 @@ def main(argv):
                    if getattr(FLAGS, name) is not None]
 
     def run():
-        experiment = override(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
+        # Classes, names and colours come from the training records unless --set.
+        experiment = resolve_experiment(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
         result = train(experiment, FLAGS.model_dir or f"runs/{experiment.name}",
                        progress=FLAGS.progress)
         summary = {"step": result.step, "model_dir": result.model_dir,

@@ -3,8 +3,8 @@
 Layout read:
   leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
-Label ids map to train ids as in cityscapesScripts' labels.py; every other id
-becomes IGNORE_LABEL.
+Label ids map to train ids as in cityscapesScripts' labels.py
+(`classes.CITYSCAPES`); every other id becomes IGNORE_LABEL.
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import os
 
 import numpy as np
 
-from deeplabv3_tf.classes import CITYSCAPES_CLASSES, IGNORE_LABEL
+from deeplabv3_tf.classes import CITYSCAPES, CITYSCAPES_CLASSES, IGNORE_LABEL
 from deeplabv3_tf.data.images import read_index_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation
 from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
 
 # labelId -> trainId (cityscapesScripts helpers/labels.py).
-LABEL_ID_TO_TRAIN_ID = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-    24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
+LABEL_ID_TO_TRAIN_ID = {label_id: train_id
+                        for train_id, label_id in enumerate(CITYSCAPES.label_ids)}
 _LUT = np.full(256, IGNORE_LABEL, np.int32)
 for _label_id, _train_id in LABEL_ID_TO_TRAIN_ID.items():
     _LUT[_label_id] = _train_id
@@ -72,7 +70,7 @@ def build_cityscapes(root: str, output_dir: str, splits=("train", "val"),
         tasks = cityscapes_tasks(root, split)
         spec = SplitSpec(
             num_classes=len(CITYSCAPES_CLASSES), ignore_label=IGNORE_LABEL,
-            class_names=CITYSCAPES_CLASSES,
+            dataset=CITYSCAPES,
             origin=os.path.join(root, "gtFine", split, "*", f"*{LABEL_SUFFIX}"),
             source={"format": "cityscapes", "root": os.path.abspath(root)})
         manifests[split] = write_split(

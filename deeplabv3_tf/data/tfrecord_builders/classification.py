@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from deeplabv3_tf.classes import DatasetInfo
 from deeplabv3_tf.data.images import read_image
 from deeplabv3_tf.data.schema import classification_example
 from deeplabv3_tf.data.tfrecord_builders.shards import Encoded, SplitSpec, Task, write_split
@@ -147,7 +148,8 @@ def build_classification(manifest_path: str, output_dir: str, split: str = "trai
     tasks, num_classes = read_classification_manifest(manifest_path, num_classes)
     spec = SplitSpec(
         num_classes=num_classes, stats_name="class_image_counts", ignore_label=None,
-        class_names=tuple(class_names) if class_names else None, origin=manifest_path,
+        dataset=DatasetInfo("classification", tuple(class_names)) if class_names else None,
+        origin=manifest_path,
         source={"format": "classification", "manifest": os.path.abspath(manifest_path)})
     return {split: write_split(
         output_dir, split, tasks,

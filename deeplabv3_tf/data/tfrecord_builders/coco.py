@@ -18,7 +18,7 @@ import os
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from deeplabv3_tf.classes import IGNORE_LABEL, VOC_CLASSES
+from deeplabv3_tf.classes import COCO_VOC, IGNORE_LABEL, VOC_CLASSES
 from deeplabv3_tf.data.images import InvalidExampleError
 from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation, read_json
 from deeplabv3_tf.data.tfrecord_builders.shards import (
@@ -124,7 +124,7 @@ def build_coco(annotations_path: str, images_dir: str, output_dir: str,
     """
     tasks = coco_tasks(annotations_path, images_dir)
     spec = SplitSpec(
-        num_classes=len(VOC_CLASSES), ignore_label=IGNORE_LABEL, class_names=VOC_CLASSES,
+        num_classes=len(VOC_CLASSES), ignore_label=IGNORE_LABEL, dataset=COCO_VOC,
         origin=annotations_path,
         source={"format": "coco", "annotations": os.path.abspath(annotations_path),
                 "images_dir": os.path.abspath(images_dir),

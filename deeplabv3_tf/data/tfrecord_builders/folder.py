@@ -11,6 +11,10 @@ Palette file (JSON): {"colors": [[r, g, b], ...], "names": [...],
 optional. A bare list [[r, g, b], ...] is also accepted.
 Void pixels (the `ignore_label` value of index masks, or an "ignore" colour)
 are stored as IGNORE_LABEL (255).
+
+The manifest's dataset description ("folder") has the palette's colours and
+names; without a palette, the names given (or "class_0", ...) and the PASCAL
+VOC colour map, which training and export can override.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 
-from deeplabv3_tf.classes import IGNORE_LABEL
+from deeplabv3_tf.classes import IGNORE_LABEL, DatasetInfo, default_colors
 from deeplabv3_tf.data.images import read_color_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import (
     check_num_classes, encode_segmentation, read_index_mask_with_ignore, read_json,
@@ -30,6 +34,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 def read_palette(path: str) -> tuple[dict[tuple[int, int, int], int], list[str] | None]:
     """Reads a palette file into ({(r, g, b): class id or IGNORE_LABEL}, names).
+
+    The class colours, in class order, are the keys whose value is not IGNORE_LABEL.
 
     Raises:
       FileNotFoundError / ValueError: naming the file and the problem.
@@ -86,9 +92,11 @@ def build_folder(images_dir: str, masks_dir: str, splits: dict[str, str], output
       {split: manifest}.
     """
     palette = None
+    colors = None
     if palette_path:
         palette, palette_names = read_palette(palette_path)
-        num_classes = num_classes or len([v for v in palette.values() if v != IGNORE_LABEL])
+        colors = [c for c, v in sorted(palette.items(), key=lambda i: i[1]) if v != IGNORE_LABEL]
+        num_classes = num_classes or len(colors)
         class_names = class_names or palette_names
     if num_classes is None:
         raise ValueError("num_classes is required for index masks (no palette given).")
@@ -97,6 +105,11 @@ def build_folder(images_dir: str, masks_dir: str, splits: dict[str, str], output
         raise ValueError(f"ignore_label={ignore_label} must be >= num_classes ({num_classes}).")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes.")
+    if colors is not None and len(colors) != num_classes:
+        raise ValueError(f"{palette_path}: {len(colors)} colours for {num_classes} classes.")
+    dataset = DatasetInfo(
+        "folder", tuple(class_names or (f"class_{i}" for i in range(num_classes))),
+        tuple(colors) if colors else default_colors(num_classes))
     for directory in (images_dir, masks_dir):
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"Directory not found: {directory}")
@@ -113,7 +126,7 @@ def build_folder(images_dir: str, masks_dir: str, splits: dict[str, str], output
             tasks.append(Task(example_id, (_find_image(images_dir, example_id), mask), load))
         spec = SplitSpec(
             num_classes=num_classes, ignore_label=IGNORE_LABEL,
-            class_names=tuple(class_names) if class_names else None, origin=list_path,
+            dataset=dataset, origin=list_path,
             source={"format": "folder", "images_dir": os.path.abspath(images_dir),
                     "masks_dir": os.path.abspath(masks_dir),
                     "palette": os.path.abspath(palette_path) if palette_path else None,

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplabv3_tf.checksum import file_sha256
+from deeplabv3_tf.classes import DatasetInfo
 from deeplabv3_tf.data.images import InvalidExampleError
 from deeplabv3_tf.data.schema import MANIFEST_NAME, SHARD_PATTERN
 from deeplabv3_tf.progress import ProgressBar
@@ -88,6 +89,9 @@ class SplitSpec:
       ignore_label: Label value that marks void pixels, or None.
       class_names: Optional class names, index = class id.
       origin: Where the split's list came from, for error messages.
+      dataset: What the labels mean (names, colours, the dataset's own ids),
+        written into the manifest as "dataset"; its names are the manifest's
+        class_names.
     """
 
     num_classes: int
@@ -96,6 +100,14 @@ class SplitSpec:
     ignore_label: int | None = None
     class_names: tuple[str, ...] | None = None
     origin: str = ""
+    dataset: DatasetInfo | None = None
+
+    def __post_init__(self):
+        if self.dataset is not None:
+            if self.dataset.num_classes != self.num_classes:
+                raise ValueError(f"{self.dataset.num_classes} class names for "
+                                 f"{self.num_classes} classes.")
+            object.__setattr__(self, "class_names", self.dataset.class_names)
 
 
 def default_num_shards(count: int) -> int:
@@ -387,6 +399,7 @@ def _manifest(split, done, num_shards, spec: SplitSpec, skipped) -> dict:
         "num_classes": spec.num_classes,
         "ignore_label": spec.ignore_label,
         "class_names": list(spec.class_names) if spec.class_names else None,
+        "dataset": spec.dataset.to_dict() if spec.dataset else None,
         spec.stats_name: counts.tolist(),
         "source": spec.source,
         "num_shards": num_shards,
@@ -396,6 +409,20 @@ def _manifest(split, done, num_shards, spec: SplitSpec, skipped) -> dict:
         "skipped": skipped,
         "num_filtered": sum(s["filtered"] for s in shards),
     }
+
+
+def records_manifest(pattern: str) -> tuple[dict | None, str]:
+    """The manifest of the split a shard glob names, and its path.
+
+    "records/voc/train_aug-*" -> records/voc/train_aug.manifest.json; (None,
+    path) when the glob names no one split or the manifest is absent.
+    """
+    split = os.path.basename(pattern).split("-")[0]
+    path = os.path.join(os.path.dirname(pattern), MANIFEST_NAME.format(split=split))
+    if not split or "*" in split or not os.path.exists(path):
+        return None, path
+    with open(path) as f:
+        return json.load(f), path
 
 
 def read_manifest(directory: str, split: str) -> dict:

@@ -22,7 +22,7 @@ import os
 import numpy as np
 import scipy.io
 
-from deeplabv3_tf.classes import IGNORE_LABEL, VOC_CLASSES
+from deeplabv3_tf.classes import IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES
 from deeplabv3_tf.data.images import InvalidExampleError, read_index_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import (
     encode_segmentation, read_split_list)
@@ -75,7 +75,7 @@ def voc_tasks(voc_root: str, ids: list[str]) -> list[Task]:
 
 def _spec(source: dict, origin: str) -> SplitSpec:
     return SplitSpec(num_classes=NUM_VOC_CLASSES, source=source,
-                     ignore_label=IGNORE_LABEL, class_names=VOC_CLASSES, origin=origin)
+                     ignore_label=IGNORE_LABEL, dataset=PASCAL_VOC, origin=origin)
 
 
 def build_voc(voc_dir: str, output_dir: str, splits=VOC_SPLITS, **write_options) -> dict:
