@@ -9,7 +9,9 @@ budget:   R101 exported at output stride 16 and at 8 (float32, BatchNorm folded,
           `encoded_image` request of one side x side JPEG, and `multiscale_flip`
           (OS16, 6 scales + flip) one image: the process's peak resident memory
           (VmHWM) and how much the request added to it; what --max_pixels'
-          default is chosen from.
+          default is chosen from. Then the same at output stride 8 exported with
+          769x769 sliding windows (--windowed_sides): what the windowed
+          default budget is chosen from.
 requests: the tiny and the R101 (OS16) exports answering N `encoded_image`
           requests of random sizes (64 to 700 pixels a side): resident memory
           after 1, 10, 100, ... requests (it must level off).
@@ -97,12 +99,15 @@ def _run_dir(tmp: str, name: str, recipe: str) -> str:
     return run_dir
 
 
-def _export(run_dir: str, export_dir: str, output_stride: int | None = None) -> str:
+def _export(run_dir: str, export_dir: str, output_stride: int | None = None,
+            window: int = 0) -> str:
     from deeplabv3_tf.export import ExportOptions, export_saved_model
+    from deeplabv3_tf.inference import Windows
 
     # No budget: the measurement itself decides where it should be.
     return export_saved_model(run_dir, export_dir, ExportOptions(
-        output_stride=output_stride, max_pixels=0), log=lambda _: None)
+        output_stride=output_stride, max_pixels=0,
+        window=Windows((window, window)) if window else None), log=lambda _: None)
 
 
 def main():
@@ -112,6 +117,8 @@ def main():
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--multiscale_side", type=int, default=2048,
                         help="Also measure multiscale_flip (OS16) at this side (0: no).")
+    parser.add_argument("--windowed_sides", default="2048,4096",
+                        help="Sides answered by the OS8 export with 769x769 windows ('' for none).")
     parser.add_argument("--child_budget", nargs=3)
     parser.add_argument("--child_requests", nargs=2)
     args = parser.parse_args()
@@ -133,18 +140,23 @@ def main():
             print(f"{'signature':<16}{'stride':>6} {'side':>6} {'pixels':>10} {'loaded':>8} "
                   f"{'peak':>8} {'added':>8} {'bytes/pixel':>12} {'seconds':>8}", flush=True)
             sides = [side for side in args.sides.split(",") if side]
-            cases = [(stride, side, "encoded_image") for stride in (16, 8) for side in sides]
+            cases = [(stride, side, "encoded_image", 0) for stride in (16, 8) for side in sides]
             if args.multiscale_side:
-                cases.append((16, args.multiscale_side, "multiscale_flip"))
+                cases.append((16, args.multiscale_side, "multiscale_flip", 0))
+            cases += [(8, side, "encoded_image", 769)
+                      for side in args.windowed_sides.split(",") if side]
             paths = {}
-            for stride, side, name in cases:
-                if stride not in paths:
-                    paths[stride] = _export(r101, os.path.join(tmp, f"r101_os{stride}"), stride)
+            for stride, side, name, window in cases:
+                if (stride, window) not in paths:
+                    paths[stride, window] = _export(
+                        r101, os.path.join(tmp, f"r101_os{stride}_w{window}"), stride, window)
                 side = int(side)
-                r = run_child([sys.executable, __file__, "--child_budget", paths[stride],
+                r = run_child([sys.executable, __file__, "--child_budget", paths[stride, window],
                                str(side), name], f"{name} OS{stride} {side}")
                 if r is None:
                     continue
+                if window:
+                    name = f"{name} {window}w"
                 print(f"{name:<16}{stride:>6} {side:>6} {side * side:>10} {r['loaded']:>8.0f} "
                       f"{r['peak']:>8.0f} {r['added']:>8.0f} "
                       f"{r['added'] * 2**20 / side**2:>12.0f} {r['seconds']:>8.1f}", flush=True)

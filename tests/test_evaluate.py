@@ -47,6 +47,23 @@ def test_iou_ignores_absent_classes():
     assert result["miou"] == pytest.approx((5 / 8 + 4 / 7) / 2)
 
 
+def test_windows_covering_every_image_score_as_whole_images(trained_run, tmp_path):
+    from deeplabv3_tf.inference import Windows
+
+    whole = evaluate_run(trained_run["run_dir"], str(tmp_path / "whole"), output_stride=16,
+                         progress=False, log=lambda _: None)["os16"]
+    # Val images are 70-100 pixels a side: 100x100 windows cover each one.
+    covering = evaluate_run(trained_run["run_dir"], str(tmp_path / "covering"),
+                            output_stride=16, windows=Windows((100, 100)), progress=False,
+                            log=lambda _: None)["os16_win100x100"]
+    np.testing.assert_array_equal(covering["confusion"], whole["confusion"])
+    windowed = evaluate_run(trained_run["run_dir"], str(tmp_path / "windowed"),
+                            output_stride=16, windows=Windows((49, 49), batch=3),
+                            progress=False, log=lambda _: None)["os16_win49x49"]
+    assert windowed["confusion"].sum() == whole["confusion"].sum()
+    assert not np.array_equal(windowed["confusion"], whole["confusion"])
+
+
 def test_evaluate_run_protocol_and_reports(trained_run, tmp_path):
     lines = []
     results = evaluate_run(trained_run["run_dir"], str(tmp_path), progress=False, log=lines.append)
@@ -94,14 +111,25 @@ def _run(*args):
 
 def test_evaluate_export_predict_tools(trained_run, tmp_path):
     evaluated = _run("tools/evaluate.py", f"--model_dir={trained_run['run_dir']}",
-                     f"--output_dir={tmp_path / 'eval'}", "--output_stride=8", "--noprogress")
+                     f"--output_dir={tmp_path / 'eval'}", "--output_stride=8", "--noprogress",
+                     "--window=48x56", "--window_stride=40x40", "--window_batch=2")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "mIoU" in evaluated.stdout + evaluated.stderr
-    assert (tmp_path / "eval" / "os8_chart.png").exists()
+    assert (tmp_path / "eval" / "os8_win48x56_chart.png").exists()
+    with open(tmp_path / "eval" / "results.json") as f:
+        assert json.load(f)["os8_win48x56"]["window"] == {
+            "size": [48, 56], "stride": [40, 40], "batch": 2}
     exported = _run("tools/export.py", f"--model_dir={trained_run['run_dir']}",
-                    f"--export_dir={tmp_path / 'export'}", "--scales=1.0,1.5")
+                    f"--export_dir={tmp_path / 'export'}", "--scales=1.0,1.5", "--window=64")
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert exported.stdout.strip().endswith(str(tmp_path / "export" / "1"))
+    with open(tmp_path / "export" / "1" / "assets.extra" / "export_config.json") as f:
+        options = json.load(f)["options"]
+    assert options["window"] == {"size": [64, 64], "stride": [43, 43], "batch": 1}
+    assert options["max_pixels"] == 4096 * 4096  # the windowed default budget
+    bad = _run("tools/export.py", f"--model_dir={trained_run['run_dir']}",
+               f"--export_dir={tmp_path / 'export'}", "--window=64x0")
+    assert bad.returncode == 1 and "--window='64x0'" in bad.stderr
     images_dir = os.path.join(trained_run["voc_dir"], "JPEGImages")
     predicted = _run("tools/predict.py", f"--source={tmp_path / 'export' / '1'}",
                      f"--output_dir={tmp_path / 'pred'}", images_dir)

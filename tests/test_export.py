@@ -64,6 +64,32 @@ def test_multiscale_flip_matches_in_memory_model(exported, size):
     assert not np.allclose(single["probabilities"].numpy(), out["probabilities"].numpy())
 
 
+def test_windowed_export_matches_in_memory_windows(trained_run, tmp_path):
+    from deeplabv3_tf.inference import Windows, predict_labels
+
+    windows = Windows((48, 64), (32, 40), batch=2)
+    path = export_saved_model(trained_run["run_dir"], str(tmp_path), ExportOptions(
+        window=windows, scales=(0.75, 1.25)), log=lambda _: None)
+    loaded = tf.saved_model.load(path)
+    metadata = loaded.signatures["metadata"](unused=tf.constant(0))
+    assert metadata["window"].numpy().tolist() == [48, 64]
+    assert metadata["window_stride"].numpy().tolist() == [32, 40]
+    assert int(metadata["max_pixels"]) == 4096 * 4096
+    model, _, _ = load_trained_model(trained_run["run_dir"])
+    images = _images(1, 97, 131, seed=3)  # 3 rows x 3 columns of windows
+    served = loaded.signatures["serving_default"](images=tf.constant(images))["semantic"].numpy()
+    expected = predict_labels(model, images.astype(np.float32), windows=windows).numpy()
+    _agree(served, expected)
+    whole = predict_labels(model, images.astype(np.float32)).numpy()
+    assert not np.array_equal(expected, whole)  # windows made a difference to compare
+    encoded = loaded.signatures["encoded_image"](images=tf.constant([encode(images[0])]))
+    _agree(encoded["semantic"].numpy(), expected)
+    multiscale = loaded.signatures["multiscale_flip"](images=tf.constant(images))
+    expected = predict_labels(model, images.astype(np.float32), (0.75, 1.25), True,
+                              windows).numpy()
+    _agree(multiscale["semantic"].numpy(), expected)
+
+
 def _expected_masks(exported, images):
     return [exported["model"](image[None].astype(np.float32), training=False).numpy()
             .argmax(-1)[0] for image in images]
