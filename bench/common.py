@@ -57,6 +57,16 @@ def peak_rss_mib() -> float:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> None:
+    """Resets VmHWM to the current resident size (Linux: /proc/self/clear_refs "5"),
+    so that `peak_rss_mib` then measures what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def rss_mib() -> float:
     """Resident set size of this process now, MiB (VmRSS)."""
     return _proc_status_mib("VmRSS")

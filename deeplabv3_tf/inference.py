@@ -173,12 +173,14 @@ def _slide(model: keras.Model, image, windows: Windows, flip: bool, labels: bool
                                        parallel_iterations=1)
         end = tf.where(i + 1 < num_rows, ys[tf.minimum(i + 1, num_rows - 1)], height)
         done = end - y
-        rows = tf.transpose(accumulator[:, :done], [1, 0, 2])  # [done, W, C]
+        rows = accumulator[:, :done]  # [W, done, C]
         if labels:
-            # Each pixel's sum over windows has the argmax of its mean.
-            result = tf.argmax(rows, axis=-1, output_type=tf.int32)
+            # Each pixel's sum over windows has the argmax of its mean; only the
+            # int32 ids are transposed.
+            result = tf.transpose(tf.argmax(rows, axis=-1, output_type=tf.int32))
         else:
-            result = rows / (row_cover[y:end, None, None] * column_cover[None, :, None])
+            result = tf.transpose(rows, [1, 0, 2]) / (
+                row_cover[y:end, None, None] * column_cover[None, :, None])
         accumulator = tf.concat(
             [accumulator[:, done:], tf.zeros([width, done, num_classes])], axis=1)
         return i + 1, accumulator, finished.write(i, result)
@@ -193,10 +195,19 @@ def _slide(model: keras.Model, image, windows: Windows, flip: bool, labels: bool
 
 
 def _each_image(function, images, labels: bool, num_classes: int):
-    """`function` [H, W, 3] -> [H, W] or [H, W, C], over a batch, one image at a time."""
-    spec = tf.TensorSpec([None, None] if labels else [None, None, num_classes],
-                         tf.int32 if labels else tf.float32)
-    return tf.map_fn(function, images, parallel_iterations=1, fn_output_signature=spec)
+    """`function` [H, W, 3] -> [H, W] or [H, W, C], over a batch, one image at a time.
+
+    A loop over slices of the batch, not tf.map_fn: map_fn would first copy
+    the images into a TensorArray (a 9000x9000 image is 0.97 GB of float32).
+    """
+    count = tf.shape(images)[0]
+    element = tf.TensorShape([None, None] if labels else [None, None, num_classes])
+    results = tf.TensorArray(tf.int32 if labels else tf.float32, size=count,
+                             element_shape=element)
+    _, results = tf.while_loop(
+        lambda i, _: i < count, lambda i, results: (i + 1, results.write(i, function(images[i]))),
+        (0, results), parallel_iterations=1)
+    return results.stack()
 
 
 def _fits(images, windows: Windows):
