@@ -140,9 +140,11 @@ def _slide(model: keras.Model, image, windows: Windows, flip: bool, labels: bool
     """One image [H, W, 3] by sliding windows: int32 [H, W] class ids when
     `labels`, else float32 [H, W, C] probabilities.
 
-    Rows of windows run in order; the accumulator [W, window h, C] holds the
+    Rows of windows run in order; the accumulator [window h, W, C] holds the
     rows the current row of windows covers, and rows that no later window
     covers leave it (reduced to ids when `labels`) before the next row runs.
+    Windows' probabilities are added into it where they lie (a 2-D scatter),
+    without a transposed or padded copy.
     """
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
@@ -153,6 +155,7 @@ def _slide(model: keras.Model, image, windows: Windows, flip: bool, labels: bool
     num_rows, num_columns = tf.size(ys), tf.size(xs)
     chunks = (num_columns + windows.batch - 1) // windows.batch
     columns = tf.range(window_w)
+    window_rows = tf.range(window_h)
     num_classes = model.output_shape[-1]
 
     def run_row(i, accumulator, finished):
@@ -164,31 +167,28 @@ def _slide(model: keras.Model, image, windows: Windows, flip: bool, labels: bool
             index = x[:, None] + columns[None, :]  # [k, w]
             crops = tf.transpose(tf.gather(band, index, axis=1), [1, 0, 2, 3])  # [k, h, w, 3]
             probabilities = _window_probabilities(model, crops, flip)  # [k, h, w, C]
-            updates = tf.reshape(tf.transpose(probabilities, [0, 2, 1, 3]),
-                                 [-1, window_h, num_classes])
-            return j + 1, tf.tensor_scatter_nd_add(accumulator, tf.reshape(index, [-1, 1]),
-                                                   updates)
+            shape = [tf.size(x), window_h, window_w]
+            where = tf.stack([tf.broadcast_to(window_rows[None, :, None], shape),
+                              tf.broadcast_to(index[:, None, :], shape)], axis=-1)
+            return j + 1, tf.tensor_scatter_nd_add(accumulator, where, probabilities)
 
         _, accumulator = tf.while_loop(lambda j, _: j < chunks, run_chunk, (0, accumulator),
                                        parallel_iterations=1)
         end = tf.where(i + 1 < num_rows, ys[tf.minimum(i + 1, num_rows - 1)], height)
         done = end - y
-        rows = accumulator[:, :done]  # [W, done, C]
+        rows = accumulator[:done]  # [done, W, C]
         if labels:
-            # Each pixel's sum over windows has the argmax of its mean; only the
-            # int32 ids are transposed.
-            result = tf.transpose(tf.argmax(rows, axis=-1, output_type=tf.int32))
+            # Each pixel's sum over windows has the argmax of its mean.
+            result = tf.argmax(rows, axis=-1, output_type=tf.int32)
         else:
-            result = tf.transpose(rows, [1, 0, 2]) / (
-                row_cover[y:end, None, None] * column_cover[None, :, None])
-        accumulator = tf.concat(
-            [accumulator[:, done:], tf.zeros([width, done, num_classes])], axis=1)
+            result = rows / (row_cover[y:end, None, None] * column_cover[None, :, None])
+        accumulator = tf.concat([accumulator[done:], tf.zeros([done, width, num_classes])], 0)
         return i + 1, accumulator, finished.write(i, result)
 
     element = [None, None] if labels else [None, None, num_classes]
     finished = tf.TensorArray(tf.int32 if labels else tf.float32, size=num_rows,
                               infer_shape=False, element_shape=tf.TensorShape(element))
-    accumulator = tf.zeros([width, window_h, num_classes])
+    accumulator = tf.zeros([window_h, width, num_classes])
     _, _, finished = tf.while_loop(lambda i, *_: i < num_rows, run_row,
                                    (0, accumulator, finished), parallel_iterations=1)
     return finished.concat()
