@@ -25,8 +25,8 @@ are produced by rows of windows: once a row of windows is done, the rows of
 pixels no later window covers are final, reduced to class ids and released,
 so the float accumulator holds window height x image width x classes (for a
 9000x9000 image, 769-pixel windows and 21 classes, 0.58 GB against 6.8 GB for
-the whole image; a row of windows makes up to about three more tensors of
-that order: the next row's accumulator, a window's logits and probabilities). Multi-scale windowed inference holds each scale's full
+the whole image; the next row's copy of it exists for a moment too, beside a
+window's logits and probabilities). Multi-scale windowed inference holds each scale's full
 probability map (as whole-image multi-scale does) since scales are resized
 back to the input size before they are averaged.
 """
