@@ -84,11 +84,12 @@ class Windows:
     @classmethod
     def parse(cls, size: str, stride: str | None = None, batch: int = 1) -> "Windows":
         """From flag text: "769x769" (or "769"), stride likewise."""
-        return cls(_pair(size, "--window"), _pair(stride, "--window_stride") if stride else None,
+        return cls(parse_size(size, "--window"), parse_size(stride, "--window_stride") if stride else None,
                    batch)
 
 
-def _pair(text: str, flag: str) -> tuple[int, int]:
+def parse_size(text: str, flag: str) -> tuple[int, int]:
+    """(height, width) from flag text "HEIGHTxWIDTH" or "SIZE"; an error names `flag`."""
     parts = str(text).lower().replace(",", "x").split("x")
     try:
         values = tuple(int(p) for p in parts)

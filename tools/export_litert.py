@@ -1,0 +1,64 @@
+"""Exports a training run (or a SavedModel export's run) as a LiteRT .tflite file.
+
+  python tools/export_litert.py --model_dir runs/voc_r101_os16 --output_dir exports/litert \\
+      --quantization int8 --input_size 513x513
+  python tools/export_litert.py --model_dir exports/deeplabv3/1 --output_dir exports/litert \\
+      --quantization none,float16,dynamic_int8,int8
+
+Writes <experiment>_<quantization>_<H>x<W>.tflite and a .json beside it (input size, layout,
+outputs, class names, colours), checks each file against the float model on the run's val
+images and prints pixel agreement and mIoU.
+"""
+
+from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+
+start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
+
+import os  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+
+from deeplabv3_tf.experiments import load_experiment  # noqa: E402
+from deeplabv3_tf.inference import parse_size  # noqa: E402
+from deeplabv3_tf.litert import QUANTIZATIONS, LiteRTOptions, export_litert  # noqa: E402
+
+flags.DEFINE_string("model_dir", None, "Training run, or a SavedModel version directory.",
+                    required=True)
+flags.DEFINE_string("output_dir", None, "Where the .tflite and .json files go.", required=True)
+flags.DEFINE_list("quantization", ["none"], f"One or more of {', '.join(QUANTIZATIONS)}.")
+flags.DEFINE_string("input_size", "513x513", "The model's fixed input HEIGHTxWIDTH.")
+flags.DEFINE_integer("output_stride", None, "Inference output stride (default: the training one).")
+flags.DEFINE_bool("with_probabilities", False, "Also output per-class probabilities.")
+flags.DEFINE_integer("calibration_images", 64, "Training images the int8 model is calibrated on.")
+flags.DEFINE_integer("check_images", 16, "Val images each file is checked on (0: none).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    del argv
+
+    def run():
+        size = parse_size(FLAGS.input_size, "--input_size")
+        for quantization in FLAGS.quantization:
+            options = LiteRTOptions(
+                quantization=quantization, input_size=size, output_stride=FLAGS.output_stride,
+                with_probabilities=FLAGS.with_probabilities,
+                calibration_images=FLAGS.calibration_images)
+            name = _experiment_name(FLAGS.model_dir)
+            path = os.path.join(FLAGS.output_dir,
+                                f"{name}_{quantization}_{size[0]}x{size[1]}.tflite")
+            export_litert(FLAGS.model_dir, path, options, check_images=FLAGS.check_images)
+
+    return run_reporting_errors(run)
+
+
+def _experiment_name(path: str) -> str:
+    try:
+        return load_experiment(path).name
+    except FileNotFoundError:
+        return "deeplabv3"  # a SavedModel directory
+
+
+if __name__ == "__main__":
+    app.run(main)
