@@ -14,11 +14,13 @@ from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
+import json  # noqa: E402
 import os  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
 from deeplabv3_tf.experiments import load_experiment  # noqa: E402
+from deeplabv3_tf.export import CONFIG_FILE  # noqa: E402
 from deeplabv3_tf.inference import parse_size  # noqa: E402
 from deeplabv3_tf.litert import QUANTIZATIONS, LiteRTOptions, export_litert  # noqa: E402
 
@@ -54,10 +56,11 @@ def main(argv):
 
 
 def _experiment_name(path: str) -> str:
-    try:
-        return load_experiment(path).name
-    except FileNotFoundError:
-        return "deeplabv3"  # a SavedModel directory
+    config = os.path.join(path, CONFIG_FILE)
+    if os.path.exists(config):  # a SavedModel export
+        with open(config) as f:
+            return json.load(f)["experiment"]["name"]
+    return load_experiment(path).name
 
 
 if __name__ == "__main__":
