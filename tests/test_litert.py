@@ -18,9 +18,10 @@ from tests.helpers import ROOT, assert_close
 SIZE = (65, 81)
 # Pixel agreement with the float model, on the generated val images.
 AGREEMENT = {"none": 0.999, "float16": 0.995, "dynamic_int8": 0.98}
-# int8: mIoU within this many points of the float model's. Measured on the tiny test run
-# (AMD EPYC): 0.1 below; on the main job's model 0.1 (README). Calibration picks the
-# quantisation ranges, so the margin is wider than what was seen.
+# int8: mIoU within this many (2 points) of the float model's. Measured on the AMD EPYC: 0.1
+# below on a 60-step tiny run, 0.3 above on the main job's model (README). Calibration picks
+# the quantisation ranges from round-off that differs between CPUs, so the margin is wider
+# than what was seen.
 INT8_MIOU_MARGIN = 0.02
 
 
