@@ -3,11 +3,12 @@ failures that end in one line, not a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
-from typing import Callable
+from typing import Callable, Iterator
 
 # Errors that describe bad input (a file, a value); anything else is a bug and
 # keeps its traceback.
@@ -31,6 +32,45 @@ STARTUP_NOTICES = tuple(re.compile(p) for p in (
 # Printed at the first op where there is no CUDA driver at all: a notice only
 # when the "Could not find cuda drivers" line came first.
 NO_DRIVER_CUINIT = re.compile(r"\] failed call to cuInit: ")
+
+
+# What LiteRT's converter and interpreter print on every use, straight to file
+# descriptor 2: notices, not problems.
+LITERT_NOTICES = tuple(re.compile(p) for p in (
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
+    r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: ",
+))
+
+
+@contextlib.contextmanager
+def filtered_stderr(lines_to_show: Callable[[str], list[str]]) -> Iterator[None]:
+    """Captures what is written to file descriptor 2 (C++ code included) while
+    the block runs, then writes to stderr the lines `lines_to_show` keeps.
+    With DEEPLABV3_TF_LOGS=all nothing is captured."""
+    if os.environ.get(LOGS_ENV) == "all":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = lines_to_show(captured.read().decode("utf-8", "replace"))
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
+
+
+def without_notices(notices) -> Callable[[str], list[str]]:
+    """A `filtered_stderr` filter that drops lines matching any of `notices`."""
+    return lambda text: [line for line in text.splitlines()
+                         if not any(p.search(line) for p in notices)]
 
 
 def startup_lines_to_show(text: str) -> list[str]:
@@ -61,24 +101,10 @@ def start_tensorflow() -> None:
     if os.environ.get(LOGS_ENV) == "all" or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with filtered_stderr(startup_lines_to_show):
+        import tensorflow as tf
 
-            tf.config.list_logical_devices()  # the first device initialisation
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            kept = startup_lines_to_show(text)
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-                sys.stderr.flush()
+        tf.config.list_logical_devices()  # the first device initialisation
 
 
 def run_reporting_errors(fn: Callable[[], object], extra: tuple = ()) -> int:

@@ -10,7 +10,8 @@ outputs, class names, colours), checks each file against the float model on the 
 images and prints pixel agreement and mIoU.
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.cli import (
+    LITERT_NOTICES, filtered_stderr, run_reporting_errors, start_tensorflow, without_notices)
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
@@ -50,7 +51,8 @@ def main(argv):
             name = _experiment_name(FLAGS.model_dir)
             path = os.path.join(FLAGS.output_dir,
                                 f"{name}_{quantization}_{size[0]}x{size[1]}.tflite")
-            export_litert(FLAGS.model_dir, path, options, check_images=FLAGS.check_images)
+            with filtered_stderr(without_notices(LITERT_NOTICES)):
+                export_litert(FLAGS.model_dir, path, options, check_images=FLAGS.check_images)
 
     return run_reporting_errors(run)
 
