@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from deeplabv3_tf.config import check_known_fields
+
 IGNORE_LABEL = 255
 
 VOC_CLASSES = (
@@ -123,10 +125,7 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DatasetInfo":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown dataset description fields: {unknown}.")
+        check_known_fields(cls, values, "dataset description")
         return cls(**values)
 
 
@@ -139,16 +138,10 @@ def with_palette_file(info: DatasetInfo, path: str) -> DatasetInfo:
     Raises:
       FileNotFoundError / ValueError: naming the file and the problem.
     """
-    import json
-    import os
+    # Imported here: the record builders import this module.
+    from deeplabv3_tf.data.tfrecord_builders.segmentation import read_json
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Palette file not found: {path}")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "Palette file")
     if isinstance(data, list):
         data = {"colors": data}
     if not isinstance(data, dict) or not isinstance(data.get("colors"), list):

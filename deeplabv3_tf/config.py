@@ -173,11 +173,15 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
         """Builds a config from `to_dict` output; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown ModelConfig fields: {unknown}.")
+        check_known_fields(cls, values, "ModelConfig")
         return cls(**values)
+
+
+def check_known_fields(cls, values: dict[str, Any], what: str) -> None:
+    """Refuses keys of `values` that are not fields of dataclass `cls`, naming them."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"Unknown {what} fields: {unknown}.")
 
 
 def keras_applications_compatible(config: ModelConfig) -> ModelConfig:

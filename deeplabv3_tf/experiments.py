@@ -20,7 +20,8 @@ from typing import Any, Callable
 from deeplabv3_tf.classes import (
     CITYSCAPES, COCO_VOC, IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES, DatasetInfo, check_colors,
     default_colors, note_once)
-from deeplabv3_tf.config import ModelConfig, keras_applications_compatible, torchvision_backbone
+from deeplabv3_tf.config import (
+    ModelConfig, check_known_fields, keras_applications_compatible, torchvision_backbone)
 
 EXPERIMENT_FILE = "experiment.json"
 VOC_HARD_CLASSES = ("bicycle", "chair", "diningtable", "pottedplant", "sofa")
@@ -233,10 +234,7 @@ class ExperimentConfig:
 def _from_dict(cls, values: dict):
     if cls is ModelConfig:
         return ModelConfig.from_dict(values)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"Unknown {cls.__name__} fields: {unknown}.")
+    check_known_fields(cls, values, cls.__name__)
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**converted)
 
