@@ -277,21 +277,15 @@ def override(experiment: ExperimentConfig, assignments: list[str]) -> Experiment
     """
     values = experiment.to_dict()
     for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        if not sep:
-            raise ValueError(f"Override {assignment!r} is not section.field=value.")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        path = key.strip().split(".")
+        key, value = _parse_assignment(assignment)
+        path = key.split(".")
         target = values
         for part in path[:-1]:
             if not isinstance(target.get(part), dict) or part == "paper_results":
                 raise ValueError(f"Unknown section {part!r} in {assignment!r}.")
             target = target[part]
         if path[-1] not in target:
-            raise ValueError(f"Unknown field {key.strip()!r} in {assignment!r}.")
+            raise ValueError(f"Unknown field {key!r} in {assignment!r}.")
         target[path[-1]] = list(value) if isinstance(value, tuple) else value
     return ExperimentConfig.from_dict(values)
 
@@ -472,16 +466,25 @@ _RECORDS_FIELDS = {"num_classes": "model.num_classes", "dataset": "data.dataset"
                    "label_ids": "data.label_ids"}
 
 
-def _assigned(assignments: list[str]) -> dict[str, Any]:
-    """{field: value} of `section.field=value` strings, the last of each winning."""
-    values = {}
-    for assignment in assignments:
-        key, _, raw = assignment.partition("=")
-        try:
-            values[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            values[key.strip()] = raw
-    return values
+def _parse_assignment(assignment: str) -> tuple[str, Any]:
+    """("section.field", value) of a `section.field=value` string; the value is
+    a Python literal, or the text itself."""
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"Override {assignment!r} is not section.field=value.")
+    try:
+        return key.strip(), ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key.strip(), raw
+
+
+def check_records_classes(manifest: dict, path: str, num_classes: int) -> None:
+    """Refuses a model whose number of classes is not that of its training records."""
+    if manifest["num_classes"] != num_classes:
+        raise ValueError(
+            f"The training records have {manifest['num_classes']} classes ({path}) but "
+            f"model.num_classes={num_classes}; leave model.num_classes out to take the "
+            "records' classes and names.")
 
 
 def resolve_experiment(recipe: ExperimentConfig, assignments: list[str],
@@ -498,7 +501,7 @@ def resolve_experiment(recipe: ExperimentConfig, assignments: list[str],
     Raises:
       ValueError: model.num_classes set to another number than the records have.
     """
-    given = _assigned(assignments)
+    given = dict(_parse_assignment(a) for a in assignments)  # the last of each wins
     records = given.get("data.train_records", recipe.data.train_records)
     from deeplabv3_tf.data.tfrecord_builders.shards import records_manifest
 
@@ -523,11 +526,8 @@ def resolve_experiment(recipe: ExperimentConfig, assignments: list[str],
                  "label_ids": info.label_ids}
     if recipe.task == "classification":
         found = {k: v for k, v in found.items() if k in ("num_classes", "class_names")}
-    num_classes = given.get("model.num_classes")
-    if num_classes is not None and num_classes != found["num_classes"]:
-        raise ValueError(
-            f"The training records have {found['num_classes']} classes ({path}) but "
-            f"model.num_classes={num_classes} is set; leave it out to take the records'.")
+    if "model.num_classes" in given:
+        check_records_classes(manifest, path, given["model.num_classes"])
     adopted = [f"{_RECORDS_FIELDS[k]}={v!r}" for k, v in found.items()
                if _RECORDS_FIELDS[k] not in given]
     experiment = override(recipe, adopted + assignments)

@@ -36,7 +36,7 @@ from deeplabv3_tf.data.tfrecord_builders.shards import records_manifest
 from deeplabv3_tf.distribute import is_chief, make_strategy, set_precision
 from deeplabv3_tf.evaluate import evaluate_model
 from deeplabv3_tf.experiments import (
-    EXPERIMENT_FILE, ExperimentConfig, load_experiment, save_experiment)
+    EXPERIMENT_FILE, ExperimentConfig, check_records_classes, load_experiment, save_experiment)
 from deeplabv3_tf.losses import multilabel_loss_terms, segmentation_loss_terms
 from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
 from deeplabv3_tf.model import AUX_LOGITS, LOGITS, build_deeplabv3
@@ -395,14 +395,8 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
 def _check_records(experiment: ExperimentConfig) -> None:
     """Refuses records whose manifest gives another number of classes than the model's."""
     manifest, manifest_path = records_manifest(experiment.data.train_records)
-    if manifest is None:
-        return
-    num_classes = manifest["num_classes"]
-    if num_classes != experiment.model.num_classes:
-        raise ValueError(
-            f"The training records have {num_classes} classes ({manifest_path}) but "
-            f"model.num_classes={experiment.model.num_classes}; pass --set "
-            f"model.num_classes={num_classes} and --set data.class_names=(...).")
+    if manifest is not None:
+        check_records_classes(manifest, manifest_path, experiment.model.num_classes)
 
 
 def _training_dataset(experiment: ExperimentConfig, start_index: int) -> tf.data.Dataset:
