@@ -155,6 +155,18 @@ def tensor_types(content: bytes) -> dict[str, int]:
     return counts
 
 
+def resized_pixels(image: np.ndarray, size) -> np.ndarray:
+    """An image [H, W, 3] (0..255) resized to `size` (bilinear), as the model's
+    input: uint8 [1, h, w, 3]."""
+    resized = tf.image.resize(np.asarray(image, np.float32)[None], size).numpy()
+    return np.clip(np.round(resized), 0, 255).astype(np.uint8)
+
+
+def restored_ids(ids: np.ndarray, size) -> np.ndarray:
+    """Class ids [h, w] resized back to the image's `size` (nearest): [H, W]."""
+    return tf.image.resize(ids[None, :, :, None], size, method="nearest").numpy()[0, :, :, 0]
+
+
 class LiteRTModel:
     """Runs a .tflite export on images of any size.
 
@@ -182,14 +194,9 @@ class LiteRTModel:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] -> class ids uint8 [H, W]."""
-        height, width = image.shape[:2]
-        resized = tf.image.resize(image[None].astype(np.float32), self.input_size)
-        pixels = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
-        self.runner.set_tensor(self.input["index"], pixels)
+        self.runner.set_tensor(self.input["index"], resized_pixels(image, self.input_size))
         self.runner.invoke()
-        ids = self._output("class_ids")
-        return tf.image.resize(ids[None, :, :, None], (height, width),
-                               method="nearest").numpy()[0, :, :, 0]
+        return restored_ids(self._output("class_ids"), image.shape[:2])
 
 
 def metadata(experiment, options: LiteRTOptions, dataset, output_stride: int) -> dict:
@@ -235,7 +242,7 @@ def agreement(content: bytes, model, records: str, size, count: int,
     size (pixel agreement) and scored against its labels (mIoU).
     """
     from deeplabv3_tf.data import make_dataset
-    from deeplabv3_tf.metrics import iou_from_confusion
+    from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
 
     runner = LiteRTModel(content)
     reference = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1,
@@ -243,22 +250,15 @@ def agreement(content: bytes, model, records: str, size, count: int,
     same = total = images = 0
     matrices = {k: np.zeros((num_classes, num_classes), np.int64) for k in ("litert", "float")}
     for batch in make_dataset(records, training=False).take(count):
-        image = batch["image"].numpy()[0]
-        label = batch["label"].numpy()[0]
-        height, width = label.shape
-        got = runner(np.clip(np.round(image), 0, 255).astype(np.uint8)).astype(np.int64)
-        small = tf.image.resize(image[None], size)
-        expected = reference(tf.constant(np.clip(np.round(small.numpy()), 0, 255))).numpy()
-        expected = tf.image.resize(expected[..., None], (height, width),
-                                   method="nearest").numpy()[0, :, :, 0].astype(np.int64)
+        image, label = batch["image"].numpy()[0], batch["label"][0]
+        got = runner(image).astype(np.int64)
+        expected = reference(tf.constant(resized_pixels(image, size), tf.float32)).numpy()[0]
+        expected = restored_ids(expected, image.shape[:2]).astype(np.int64)
         same += int(np.sum(got == expected))
         total += got.size
         images += 1
-        valid = label != 255
         for key, prediction in (("litert", got), ("float", expected)):
-            matrices[key] += np.bincount(
-                num_classes * label[valid].astype(np.int64) + prediction[valid],
-                minlength=num_classes**2).reshape(num_classes, num_classes)
+            matrices[key] += confusion_matrix(label, prediction, num_classes).numpy()
     return {"images": images, "agreement": same / max(total, 1),
             "miou": iou_from_confusion(matrices["litert"])["miou"],
             "float_miou": iou_from_confusion(matrices["float"])["miou"]}
