@@ -110,6 +110,12 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def own_ids(self) -> tuple[int, ...]:
+        """The dataset's own id of each class: `label_ids`, or the class ids
+        where the dataset has none."""
+        return self.label_ids or tuple(range(self.num_classes))
+
     def lookup(self) -> np.ndarray:
         """uint8 [256, 3]: the class colours, then the VOC colour map (void,
         255, is VOC's (224, 224, 192)), for colouring any 8-bit label map."""

@@ -107,7 +107,7 @@ class CheckpointPredictor:
         info = experiment.data.info
         self.class_names = list(info.class_names)
         self.palette = np.asarray(info.colors, np.uint8)
-        self.label_ids = np.asarray(info.label_ids or range(info.num_classes))
+        self.label_ids = np.asarray(info.own_ids)
         self.dataset = info.name
         self._predict = tf.function(
             lambda images: predict_labels(model, images, scales, flip, windows),

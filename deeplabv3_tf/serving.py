@@ -192,9 +192,7 @@ class SegmentationModule(tf.Module):
         self.dataset = dataset
         self.class_names = list(dataset.class_names)
         self.palette = np.asarray(dataset.colors, np.int32)
-        # The dataset's own id of each class (Cityscapes label ids); the class id
-        # itself where the dataset has none.
-        self.label_ids = np.asarray(dataset.label_ids or range(self.num_classes), np.int32)
+        self.label_ids = np.asarray(dataset.own_ids, np.int32)
         self.training_output_stride = experiment.model.output_stride
         self.output_stride = options.output_stride or experiment.model.output_stride
 
