@@ -183,14 +183,16 @@ class Browser:
                              .strip())
         return found
 
-    def screenshot(self, path: str, full_page: bool = True) -> str:
-        """Saves a PNG of the page (the whole page's height with full_page)."""
+    def screenshot(self, path: str, full_page: bool = True, max_height: int = 0) -> str:
+        """Saves a PNG of the page (the whole page's height with full_page, at most
+        `max_height` CSS pixels when > 0)."""
         params = {"format": "png"}
         if full_page:
             size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+            height = min(size["height"], max_height) if max_height else size["height"]
             params.update(captureBeyondViewport=True, clip={
                 "x": 0, "y": 0, "width": max(self.width, size["width"]),
-                "height": size["height"], "scale": 1})
+                "height": height, "scale": 1})
         data = self.call("Page.captureScreenshot", **params)["data"]
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "wb") as f:

@@ -75,7 +75,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
                  output_stride: int | None = None, scales: Sequence[float] | None = None,
                  flip: bool | None = None, checkpoint: str | None = None,
                  windows: Windows | None | bool = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+                 examples: int = 6, log: Callable[[str], None] = print) -> dict:
     """Evaluates a training run's checkpoint and writes its reports.
 
     With no output_stride, scales or flip given, runs the experiment's own
@@ -94,6 +94,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
       windows: Sliding windows for every setting run; False: whole images
         only; None: the protocol's (its windowed setting, if it has one).
       progress: Show progress bars.
+      examples: Worst and best images per setting on report.html.
       log: Where the report lines go.
 
     Returns:
@@ -105,6 +106,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
     from deeplabv3_tf.experiments import load_experiment
     from deeplabv3_tf.export import load_trained_model
     from deeplabv3_tf.report import draw_chart, write_csv_reports
+    from deeplabv3_tf.report_page import ImageRanking, write_report
 
     experiment = load_experiment(run_dir)
     records = records or experiment.data.val_records
@@ -127,7 +129,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
     class_names = list(experiment.data.class_names)
     # For the progress bar: count records without decoding them.
     count = count_elements(tf.data.TFRecordDataset(list_files(records)))
-    results, summary, models = {}, {}, {}
+    results, summary, models, rankings = {}, {}, {}, {}
     for os_, setting_scales, setting_flip, setting_windows in settings:
         base = f"os{os_}" + ("_ms" if len(setting_scales) > 1 else "") + ("_flip" if setting_flip else "")
         name = base
@@ -140,10 +142,12 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
             "windows {}x{} stride {}x{}".format(*setting_windows.size, *setting_windows.stride))
         log(f"{experiment.name} [{name}] {prefix}: output stride {os_}, scales "
             f"{list(setting_scales)}, flip {setting_flip}, {described}")
+        rankings[name] = ImageRanking(experiment.model.num_classes,
+                                      experiment.data.ignore_label, examples)
         result = evaluate_model(model, make_dataset(records, training=False),
                                 experiment.model.num_classes, setting_scales, setting_flip,
                                 experiment.data.ignore_label, progress=progress, total=count,
-                                windows=setting_windows)
+                                windows=setting_windows, on_batch=rankings[name])
         log(_format(result, class_names))
         # The paper's figures are of whole images.
         paper = experiment.paper_results.get(f"val_miou_{base}")
@@ -153,6 +157,8 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
         files["chart"] = draw_chart(os.path.join(output_dir, f"{name}_chart.png"), result,
                                     class_names, title=f"{experiment.name} {name}: "
                                     f"mIoU {100 * result['miou']:.2f}")
+        files["per_image_iou"] = rankings[name].write_csv(
+            os.path.join(output_dir, f"{name}_per_image_iou.csv"))
         results[name] = result
         summary[name] = {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
                          "iou": {n: (None if np.isnan(v) else float(v))
@@ -163,4 +169,8 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
                          "checkpoint": prefix, "paper_miou": paper, "files": files}
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    page = write_report(output_dir, summary, {n: r["confusion"] for n, r in results.items()},
+                        rankings, class_names, experiment.data.info.lookup(), experiment.name,
+                        experiment.data.ignore_label, records)
+    log(f"Report: {page}")
     return results

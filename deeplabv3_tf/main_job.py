@@ -111,12 +111,13 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
     """Runs every stage and returns (and writes to workdir/summary.json) the summary."""
     from deeplabv3_tf.data.tfrecord_builders.segmentation import read_split_list
     from deeplabv3_tf.data.tfrecord_builders.voc import find_voc_root
+    from deeplabv3_tf.experiments import get_recipe
     from deeplabv3_tf.synthetic import write_voc_dataset
 
     workdir = os.path.abspath(config.workdir)
     os.makedirs(workdir, exist_ok=True)
     paths = {name: os.path.join(workdir, name) for name in
-             ("data", "records", "run", "eval", "export", "predictions")}
+             ("data", "records", "inspection", "run", "eval", "export", "predictions")}
     times, summary = {}, {"workdir": workdir}
 
     def stage(name):
@@ -136,7 +137,7 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
             f"format (JPEGs, palette PNGs with void bands, split lists) under {paths['data']}")
     times["dataset"] = time.perf_counter() - start
 
-    start = stage("2. records")
+    start = stage("2. records (and a look at them)")
     if config.sbd_dir:
         _tool("build_tfrecords.py", "voc_aug", f"--voc_dir={voc_root}",
               f"--sbd_dir={config.sbd_dir}", f"--output_dir={paths['records']}", log=log)
@@ -145,6 +146,10 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
         _tool("build_tfrecords.py", "voc", f"--voc_dir={voc_root}", "--splits=train,val",
               f"--output_dir={paths['records']}", log=log)
         train_split = "train"
+    crop = get_recipe(config.experiment).data.crop_size
+    _tool("inspect_records.py", f"{paths['records']}/{train_split}-*",
+          f"{paths['records']}/val-*", f"--output_dir={paths['inspection']}",
+          "--crop_size={}x{}".format(*crop), "--noprogress", log=log)
     times["records"] = time.perf_counter() - start
 
     start = stage("3. training")
@@ -185,9 +190,12 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
                               "flip": r["flip"], "paper_miou": r["paper_miou"]}
                        for name, r in evaluation.items()},
         "served": served,
-        "artefacts": {"dataset": voc_root, "records": paths["records"], "run": paths["run"],
+        "artefacts": {"dataset": voc_root, "records": paths["records"],
+                      "records_page": os.path.join(paths["inspection"], "index.html"),
+                      "run": paths["run"],
                       "tensorboard": f"tensorboard --logdir {paths['run']}",
                       "evaluation": paths["eval"],
+                      "evaluation_page": os.path.join(paths["eval"], "report.html"),
                       "chart": next(iter(evaluation.values()))["files"]["chart"],
                       "saved_model": export_path, "overlays": paths["predictions"]},
         "seconds": {k: round(v, 1) for k, v in times.items()},
@@ -200,7 +208,7 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
         log(f"  val mIoU {name:<14} {100 * result['miou']:6.2f}{paper}")
     log(f"  served masks mIoU       {100 * served['miou']:6.2f}")
     for name, path in summary["artefacts"].items():
-        log(f"  {name:<12} {path}")
+        log(f"  {name:<15} {path}")
     log("  time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
         + f", total {sum(times.values()):.0f} s")
     return summary

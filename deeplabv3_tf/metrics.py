@@ -50,3 +50,23 @@ def iou_from_confusion(matrix) -> dict:
         "pixel_accuracy": float(true_positive.sum() / total) if total else float("nan"),
         "pixels": int(total),
     }
+
+
+def per_image_iou(label: np.ndarray, prediction: np.ndarray, num_classes: int,
+                  ignore_label: int = IGNORE_LABEL) -> float:
+    """One image's IoU: the mean, over the classes present in its label or its
+    prediction (ignored pixels excluded), of that class's IoU in this image.
+
+    A class predicted where it is absent counts with IoU 0, as does a class
+    missed entirely. NaN when every pixel is ignored.
+    """
+    valid = label != ignore_label
+    if not valid.any():
+        return float("nan")
+    label, prediction = label[valid].astype(np.int64), prediction[valid].astype(np.int64)
+    matrix = np.bincount(label * num_classes + prediction,
+                         minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    intersection = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - intersection
+    present = union > 0
+    return float(np.mean(intersection[present] / union[present]))

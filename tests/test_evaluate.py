@@ -171,3 +171,19 @@ def test_predict_skips_images_over_budget_or_unreadable(trained_run, tmp_path):
         assert result.stderr.strip().splitlines()[-1] == "3 of 4 images skipped"
         assert sorted(p.name for p in out.iterdir()) == [
             "a_good_labels.png", "a_good_mask.png", "a_good_overlay.png"]
+
+
+def test_per_image_iou_by_hand():
+    from deeplabv3_tf.metrics import per_image_iou
+    from deeplabv3_tf.report_page import error_map
+
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    prediction = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+    # Class 0: intersection 3, union 4; class 1: 2 of 4;
+    # class 2 (predicted, absent): 0 / 1; the void pixel counts nowhere.
+    assert per_image_iou(label, prediction, 3) == pytest.approx((3 / 4 + 2 / 4 + 0) / 3)
+    assert np.isnan(per_image_iou(np.full((2, 2), 255), np.zeros((2, 2), int), 3))
+    errors = error_map(np.full((2, 4, 3), 200, np.uint8), label, prediction)
+    wrong = (errors == (235, 40, 40)).all(-1)
+    np.testing.assert_array_equal(wrong, (label != prediction) & (label != 255))
+    assert (errors[1, 3] == (70, 90, 190)).all()

@@ -13,7 +13,8 @@ def test_main_job_end_to_end(tmp_path):
     summary = run_main_job(MainJobConfig(workdir=str(tmp_path / "demo"), num_train=64,
                                          num_val=16, steps=300), log=lines.append)
     text = "\n".join(lines)
-    for command in ("tools/build_tfrecords.py voc", "tools/train.py", "tools/evaluate.py",
+    for command in ("tools/build_tfrecords.py voc", "tools/inspect_records.py",
+                    "tools/train.py", "tools/evaluate.py",
                     "tools/export.py", "tools/predict.py"):
         assert f"$ python {command}" in text
     evaluation = summary["evaluation"]
@@ -29,6 +30,11 @@ def test_main_job_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(artefacts["saved_model"], "saved_model.pb"))
     assert len(os.listdir(artefacts["overlays"])) == 3 * 8
     assert Image.open(artefacts["chart"]).size[0] > 400
+    # Both pages, linked from the summary (their content is checked in tests/test_pages.py).
+    assert "inspect_records.py" in text and "--crop_size=" in text
+    for page in ("records_page", "evaluation_page"):
+        assert artefacts[page].endswith(".html") and os.path.getsize(artefacts[page]) > 1000
+        assert artefacts[page] in text
     assert os.listdir(os.path.join(artefacts["run"], "train"))
     assert set(summary["seconds"]) == {"dataset", "records", "training", "evaluation",
                                        "export_and_serving"}
