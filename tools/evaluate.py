@@ -1,4 +1,4 @@
-"""Evaluates a training run: mIoU, per-class IoU and pixel accuracy, CSVs and charts.
+"""Evaluates a training run: mIoU, per-class IoU and pixel accuracy, CSVs, charts, report.html.
 
   python tools/evaluate.py --model_dir runs/voc_r101_os16            # the experiment's protocol
   python tools/evaluate.py --model_dir runs/voc_r101_os16 --output_stride 8 \\
@@ -28,6 +28,7 @@ flags.DEFINE_string("window", None,
                     "whole images only (default: the experiment's protocol).")
 flags.DEFINE_string("window_stride", None, "Window stride HEIGHTxWIDTH (default: 2/3 of the window).")
 flags.DEFINE_integer("window_batch", 1, "Windows per network call.")
+flags.DEFINE_integer("report_examples", 6, "Worst and best images per setting on report.html.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 FLAGS = flags.FLAGS
 
@@ -47,7 +48,7 @@ def main(argv):
             FLAGS.model_dir, FLAGS.output_dir or f"{FLAGS.model_dir}/eval",
             records=FLAGS.records, output_stride=FLAGS.output_stride, scales=scales,
             flip=FLAGS.flip, checkpoint=FLAGS.checkpoint, windows=windows,
-            progress=FLAGS.progress)
+            examples=FLAGS.report_examples, progress=FLAGS.progress)
 
     return run_reporting_errors(run)
 
