@@ -187,3 +187,24 @@ def test_per_image_iou_by_hand():
     wrong = (errors == (235, 40, 40)).all(-1)
     np.testing.assert_array_equal(wrong, (label != prediction) & (label != 255))
     assert (errors[1, 3] == (70, 90, 190)).all()
+
+
+def test_report_page_shows_the_papers_figure(tmp_path):
+    from deeplabv3_tf.classes import PASCAL_VOC
+    from deeplabv3_tf.report_page import ImageRanking, write_report
+
+    names = list(PASCAL_VOC.class_names)
+    summary = {name: {"miou": miou, "paper_miou": paper, "pixel_accuracy": 0.9, "images": 2,
+                      "output_stride": 16, "scales": [1.0], "flip": False, "window": None,
+                      "checkpoint": "ckpt-1", "iou": {n: (None if i == 3 else 0.5)
+                                                       for i, n in enumerate(names)}}
+               for name, miou, paper in (("os16", 0.7712, 77.21), ("os8", 0.5, None))}
+    ranking = ImageRanking(21, k=1)
+    page = write_report(str(tmp_path), summary, {n: np.eye(21, dtype=np.int64) for n in summary},
+                        {"os16": ranking}, names, PASCAL_VOC.lookup(), "voc_r101_os16")
+    text = open(page).read()
+    assert 'data-setting="os16" data-key="paper_miou">77.21<' in text
+    assert 'data-setting="os8" data-key="paper_miou">-<' in text
+    assert "paper (os16)" in text and "paper (os8)" not in text  # the bar beside the mIoU's
+    assert 'data-setting="os16" data-class="bird" data-key="iou">n/a<' in text
+    assert "0 worst and 0 best of 0 images" in text

@@ -161,8 +161,7 @@ def _check_segmentation_records(files: list[str]) -> None:
 
 
 def scan_split(pattern: str, info: DatasetInfo, samples: int = 24, seed: int = 0,
-               max_examples: int = 0, thresholds: Thresholds = Thresholds(),
-               progress: bool = True, total: int = 0) -> SplitStats:
+               max_examples: int = 0, progress: bool = True, total: int = 0) -> SplitStats:
     """Reads a split's examples once and gathers `SplitStats` (a seeded reservoir
     sample of `samples` examples is kept for the contact sheet)."""
     files = list_files(pattern)
@@ -457,8 +456,7 @@ def inspect_records(patterns: Sequence[str], output_dir: str,
         total = manifest.get("count", 0) if manifest else 0
         scanning = info or DatasetInfo("", ["class 0"], ignore_label=IGNORE_LABEL
                                        if ignore_label is None else ignore_label)
-        stats = scan_split(pattern, scanning, samples, seed,
-                           max_examples, thresholds, progress, total)
+        stats = scan_split(pattern, scanning, samples, seed, max_examples, progress, total)
         inferred_classes.append(info is None)
         if info is None:
             info = _inferred(stats, scanning.ignore_label)

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.classes import voc_palette
+from deeplabv3_tf.classes import PASCAL_VOC, voc_palette
 from deeplabv3_tf.data import schema
-from deeplabv3_tf.data.inspection import Thresholds, inspect_records
+from deeplabv3_tf.data.inspection import Thresholds, findings, inspect_records, scan_split
 from tests.helpers import ROOT
 
 
@@ -168,6 +168,11 @@ def test_void_background_duplicates_sizes_and_leaks(tmp_path):
     assert "images small for the crop" in by_title
     assert any("[train] duplicate images" in line for line in lines)
     assert lines[-1].startswith("Wrote ")
+    # Where class 0 is named background (a manifest's VOC names), those images are flagged.
+    stats = scan_split(train_path, PASCAL_VOC, progress=False)
+    by_title = {f.title: f for f in findings(stats, PASCAL_VOC, thresholds)}
+    assert by_title["images nearly all background"].examples == ["bg0", "bg1", "bg2",
+                                                                 "mismatch"]
     # Without the crop, no size finding; with a looser void threshold, no void finding.
     result, _ = _inspect(tmp_path, [train_path],
                          thresholds=Thresholds(nearly_void_images=0.5))
