@@ -25,6 +25,11 @@ BLOCKS_PER_DEPTH = {
 
 OUTPUT_STRIDES = (8, 16, 32)
 STEMS = ("v0", "v1")
+# Backbones `build_deeplabv3` can put under the head: the dilated ResNet
+# (model/backbone.py) and MobileNetV3-Large as torchvision defines it
+# (model/mobilenet_v3.py).
+RESNET, MOBILENET_V3_LARGE = "resnet", "mobilenet_v3_large"
+BACKBONES = (RESNET, MOBILENET_V3_LARGE)
 
 # Input normalisations the model can apply to float pixels in [0, 255].
 #   caffe:    RGB->BGR, subtract the ImageNet BGR mean (keras.applications ResNets).
@@ -33,8 +38,10 @@ STEMS = ("v0", "v1")
 #   inception: scale to [-1, 1].
 NORMALIZATIONS = ("caffe", "imagenet", "inception")
 
-# ASPP rates of the paper (§3.3) at output stride 16; scaled by 16 / output_stride.
+# ASPP rates at output stride 16, scaled by 16 / output_stride: the paper's (§3.3)
+# for ResNets; torchvision's deeplabv3_mobilenet_v3_large uses 12, 24, 36 at 16.
 ASPP_RATES_AT_OS16 = (6, 12, 18)
+BACKBONE_ASPP_RATES_AT_OS16 = {RESNET: ASPP_RATES_AT_OS16, MOBILENET_V3_LARGE: (12, 24, 36)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,14 @@ class ModelConfig:
 
     Attributes:
       num_classes: Number of output classes (21 for PASCAL VOC).
+      backbone: "resnet" (the dilated ResNet the paper uses) or
+        "mobilenet_v3_large" (torchvision's MobileNetV3-Large, its last stage
+        dilated at output stride 16). depth, base_width, multi_grid, stem,
+        stride_in_1x1, dilate_first_unit and num_cascade_blocks are ResNet
+        settings; width_multiplier is MobileNetV3's.
+      width_multiplier: MobileNetV3's channel multiplier (torchvision's
+        width_mult; every width rounded to a multiple of 8). 1.0 for the
+        published model; smaller values make fast test nets.
       depth: ResNet depth, a key of `BLOCKS_PER_DEPTH` (14 is the tiny test net).
       base_width: Bottleneck width of the first stage (64 in ResNets); every
         stage and the stem scale with it. Smaller values make fast test nets.
@@ -63,8 +78,9 @@ class ModelConfig:
         of block4 with doubling rates (paper §3.2).
       use_aspp: Apply ASPP (paper §3.3). Without it, the logits come from a 1x1
         conv on the backbone output (the paper's cascade-only model).
-      aspp_rates: Rates of the three atrous ASPP convs; None means (6, 12, 18)
-        scaled to the output stride ((12, 24, 36) at 8).
+      aspp_rates: Rates of the three atrous ASPP convs; None means the
+        backbone's rates at output stride 16 scaled to the output stride:
+        ResNet (6, 12, 18) ((12, 24, 36) at 8), MobileNetV3 (12, 24, 36).
       aspp_filters: Filters of every ASPP branch and of its projection.
       image_pooling: Add the image-level feature branch to ASPP.
       dropout_rate: Dropout after the ASPP projection (0.1 in research/deeplab,
@@ -72,9 +88,10 @@ class ModelConfig:
       head_filters: 0 for logits straight after the dropout (the paper,
         research/deeplab); > 0 adds a 3x3 conv + BN + ReLU of this width
         before the logits (torchvision's DeepLabHead: 256).
-      aux_head: Add torchvision's auxiliary FCN head on c4 (3x3 conv to a
-        quarter of c4's channels + BN + ReLU, dropout 0.1, 1x1 conv to the
-        classes). The model then has a second output used only by the
+      aux_head: Add torchvision's auxiliary FCN head (3x3 conv to a quarter
+        of its input's channels + BN + ReLU, dropout 0.1, 1x1 conv to the
+        classes) on the backbone's aux endpoint (`backbone.aux_endpoint`:
+        ResNet c4; MobileNetV3 the first block of stage 3). The model then has a second output used only by the
         training loss (`train.aux_loss_weight`); inference ignores it.
       bn_momentum: BatchNorm moving-average decay (paper: 0.9997).
       bn_epsilon: BatchNorm epsilon.
@@ -89,6 +106,8 @@ class ModelConfig:
     """
 
     num_classes: int = 21
+    backbone: str = RESNET
+    width_multiplier: float = 1.0
     depth: int = 101
     base_width: int = 64
     output_stride: int = 16
@@ -116,6 +135,16 @@ class ModelConfig:
         object.__setattr__(self, "multi_grid", tuple(self.multi_grid))
         if self.aspp_rates is not None:
             object.__setattr__(self, "aspp_rates", tuple(self.aspp_rates))
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r} is not one of {BACKBONES}.")
+        if self.width_multiplier <= 0:
+            raise ValueError(f"width_multiplier={self.width_multiplier} must be > 0.")
+        if self.backbone == RESNET and self.width_multiplier != 1.0:
+            raise ValueError(f"width_multiplier={self.width_multiplier} is a MobileNetV3 "
+                             "setting; a ResNet's width is base_width.")
+        if self.backbone == MOBILENET_V3_LARGE and self.num_cascade_blocks:
+            raise ValueError("num_cascade_blocks repeats ResNet blocks; the "
+                             f"{self.backbone} backbone has none.")
         if self.depth not in BLOCKS_PER_DEPTH:
             raise ValueError(
                 f"depth={self.depth} is not supported; choose one of "
@@ -131,7 +160,8 @@ class ModelConfig:
                 f"normalization={self.normalization!r} is not one of "
                 f"{NORMALIZATIONS}.")
         last_units = BLOCKS_PER_DEPTH[self.depth][-1]
-        if len(self.multi_grid) != last_units or min(self.multi_grid) < 1:
+        if self.backbone == RESNET and (len(self.multi_grid) != last_units
+                                        or min(self.multi_grid) < 1):
             raise ValueError(
                 f"multi_grid={self.multi_grid} must give one positive rate per "
                 f"unit of the last block, which has {last_units} unit(s) at "
@@ -164,7 +194,7 @@ class ModelConfig:
         if self.aspp_rates is not None:
             return self.aspp_rates
         scale = 16 / self.output_stride
-        return tuple(int(r * scale) for r in ASPP_RATES_AT_OS16)
+        return tuple(int(r * scale) for r in BACKBONE_ASPP_RATES_AT_OS16[self.backbone])
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; `from_dict` inverts it."""

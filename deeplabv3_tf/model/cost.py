@@ -1,7 +1,7 @@
 """Analytic cost of a model: parameters and multiply-accumulates.
 
 MACs count every conv kernel tap (atrous taps that fall into padding
-included) and every dense weight, for one image at a fixed size. Bias adds,
+included; a depthwise conv's taps read one channel each) and every dense weight, for one image at a fixed size. Bias adds,
 BatchNorm, activations, pooling and resizing are not counted: they are a
 rounding error next to the convolutions.
 """
@@ -47,13 +47,18 @@ def count_macs(model: keras.Model, inside_only: bool = False) -> int:
     """
     total = 0
     for layer in _layers(model):
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
             out_shape = layer.output.shape
             if None in out_shape[1:3]:
                 raise ValueError(
                     f"Layer {layer.name} has output shape {out_shape}; build "
                     "the model with a fixed input_shape to count MACs.")
-            kh, kw, cin, cout = layer.kernel.shape
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                # [k, k, C, multiplier]: each output channel reads one input channel.
+                kh, kw, channels, multiplier = layer.kernel.shape
+                cin, cout = 1, channels * multiplier
+            else:
+                kh, kw, cin, cout = layer.kernel.shape
             if inside_only and layer.padding == "same" and max(layer.strides) == 1:
                 rh, rw = layer.dilation_rate
                 total += (_inside_taps(out_shape[1], kh, rh) * _inside_taps(out_shape[2], kw, rw)

@@ -2,7 +2,7 @@
 
 Layer names (the checkpoint contract; backbone names in `backbone.py`):
 
-  backbone                          the nested ResNet model
+  backbone                          the nested backbone model (ResNet or MobileNetV3)
   aspp_0_{conv,bn,relu}             1x1 branch
   aspp_{1,2,3}_{conv,bn,relu}       3x3 atrous branches (config.effective_aspp_rates)
   aspp_pool_mean                    global mean over the feature map
@@ -15,7 +15,8 @@ Layer names (the checkpoint contract; backbone names in `backbone.py`):
   logits                            1x1 conv to num_classes, with bias (float32)
   logits_resize                     bilinear upsampling to the input size (float32)
   aux_{conv,bn,relu}, aux_dropout, aux_logits, aux_logits_resize
-                                    auxiliary FCN head on c4 (config.aux_head)
+                                    auxiliary FCN head on the backbone's aux endpoint
+                                    (config.aux_head; backbones.aux_endpoint)
 
 `logits` and `aux_logits` are the only layers whose shapes depend on
 num_classes: they are skipped when initialising from a checkpoint with another
@@ -27,7 +28,8 @@ from __future__ import annotations
 import keras
 
 from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.model.backbone import BACKBONE_NAME, build_resnet, conv_bn
+from deeplabv3_tf.model.backbone import BACKBONE_NAME, conv_bn
+from deeplabv3_tf.model.backbones import aux_endpoint, build_backbone, feature_endpoint
 from deeplabv3_tf.model.layers import ResizeLike
 
 LOGITS_LAYER = "logits"
@@ -64,10 +66,10 @@ def aspp(features, config: ModelConfig, name: str = "aspp"):
 
 
 def fcn_head(features, config: ModelConfig, name: str = "aux"):
-    """torchvision's FCNHead, the auxiliary classifier on c4.
+    """torchvision's FCNHead, the auxiliary classifier.
 
     Args:
-      features: float [B, h, w, C] (c4).
+      features: float [B, h, w, C] (the backbone's aux endpoint).
       config: Model config (classes, BN settings).
       name: Layer-name prefix.
 
@@ -104,10 +106,10 @@ def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
       >>> build_deeplabv3(cfg)(np.zeros((2, 97, 131, 3))).shape
       TensorShape([2, 97, 131, 21])
     """
-    backbone = build_resnet(config, input_shape, name=BACKBONE_NAME)
+    backbone = build_backbone(config, input_shape, name=BACKBONE_NAME)
     images = keras.Input(shape=input_shape, name="images")
     endpoints = backbone(images)
-    features = endpoints[f"c{len(endpoints) + 1}"]
+    features = endpoints[feature_endpoint(config)]
     if config.use_aspp:
         features = aspp(features, config)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(features)
@@ -120,7 +122,7 @@ def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
     if config.aux_head if include_aux is None else include_aux:
         if not config.aux_head:
             raise ValueError("include_aux=True needs a config with aux_head=True.")
-        aux = fcn_head(endpoints["c4"], config)
+        aux = fcn_head(endpoints[aux_endpoint(config)], config)
         aux = ResizeLike(name="aux_logits_resize")([aux, images])
         return keras.Model(images, {LOGITS: logits, AUX_LOGITS: aux}, name=name)
     return keras.Model(images, logits, name=name)

@@ -3,7 +3,9 @@
 In inference mode a BatchNorm is an affine map per channel,
 y = gamma * (x - mean) / sqrt(var + eps) + beta, so the conv before it can
 absorb it: kernel' = kernel * s, bias' = beta - mean * s with
-s = gamma / sqrt(var + eps). The folded graph runs one conv (+ bias + ReLU,
+s = gamma / sqrt(var + eps) (s multiplies the output-channel axis: the last of
+a conv kernel [k, k, C_in, C_out], the third of a depthwise one [k, k, C, 1]).
+The folded graph runs one conv (+ bias + ReLU,
 which oneDNN fuses) per conv + BN + ReLU of the trained graph. In float32 on
 CPU, grappler fuses the trained graph's FusedBatchNorm into the conv too, so
 the two run at the same speed; in bfloat16 the folded graph also avoids the
@@ -72,7 +74,12 @@ def fold_batch_norm(model: keras.Model, config: ModelConfig, precision: str = "f
             gamma, beta, mean, variance = (np.asarray(v, np.float64) for v in (
                 bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
             scale = gamma / np.sqrt(variance + bn.epsilon)
-            kernel = np.asarray(weights[0], np.float64) * scale
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                # A depthwise kernel is [k, k, C, 1]: channel c's output is input c's.
+                scale_axis = scale[:, None]
+            else:
+                scale_axis = scale  # [k, k, C_in, C_out]: the last axis
+            kernel = np.asarray(weights[0], np.float64) * scale_axis
             bias = beta - mean * scale
             if len(weights) == 2:  # a conv that had its own bias
                 bias = bias + np.asarray(weights[1], np.float64) * scale

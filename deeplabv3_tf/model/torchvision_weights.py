@@ -1,7 +1,7 @@
-"""torchvision's DeepLabv3 and ImageNet ResNet weights, imported into this model.
+"""torchvision's DeepLabv3, ImageNet ResNet and MobileNetV3 weights, imported into this model.
 
-torchvision publishes a trained DeepLabv3 (COCO images, the 21 PASCAL VOC
-classes) and ImageNet ResNets. `import_torchvision` reads such a downloaded
+torchvision publishes trained DeepLabv3s (COCO images, the 21 PASCAL VOC
+classes: ResNet-50/101 and MobileNetV3-Large) and their ImageNet backbones. `import_torchvision` reads such a downloaded
 `.pth` state_dict, builds the same network with this package's model code
 (`config.torchvision_deeplabv3` / `config.torchvision_backbone`: stride on the
 3x3 conv, torchvision's dilation schedule, its head and input normalisation),
@@ -24,7 +24,18 @@ prefix the backbone's modules with "backbone."):
   classifier.4                        logits
   aux_classifier.{0,1}, .4            aux_conv, aux_bn, aux_logits
 
-Tensors: conv weights OIHW -> HWIO, linear weights [out, in] -> [in, out],
+MobileNetV3-Large (`mobilenet_modules`; DeepLabv3's IntermediateLayerGetter keeps
+the classifier's `features.{i}` as `backbone.{i}`):
+
+  features.0.{0,1}                    backbone/conv1_conv, conv1_bn
+  features.{i}.block.{k}.{0,1}        backbone/conv{s}_block{u}_{expand,dw,project}_{conv,bn}
+                                      (block i of mobilenet_v3.block_plan; k counts
+                                      the block's parts in order)
+  features.{i}.block.{k}.fc{1,2}      backbone/conv{s}_block{u}_se_{reduce,expand}
+  features.16.{0,1}                   backbone/conv5_last_conv, conv5_last_bn
+  classifier.0, classifier.3          classifier_hidden, classifier (mobilenet_v3_large)
+
+Tensors: conv weights OIHW -> HWIO, depthwise [C, 1, k, k] -> [k, k, C, 1], linear weights [out, in] -> [in, out],
 BN weight/bias/running_mean/running_var -> gamma/beta/moving_mean/
 moving_variance; `num_batches_tracked` carries no weight and is dropped. Every
 other entry is used exactly once: an entry nothing maps to, or a layer no
@@ -50,19 +61,22 @@ import tensorflow as tf
 
 from deeplabv3_tf.checksum import file_sha256
 from deeplabv3_tf.classes import VOC_CLASSES
-from deeplabv3_tf.config import (BLOCKS_PER_DEPTH, ModelConfig, torchvision_backbone,
-                                 torchvision_deeplabv3)
+from deeplabv3_tf.config import (BLOCKS_PER_DEPTH, MOBILENET_V3_LARGE, RESNET, ModelConfig,
+                                 torchvision_backbone, torchvision_deeplabv3)
+from deeplabv3_tf.model import mobilenet_v3
 from deeplabv3_tf.model.backbone import BACKBONE_NAME
 from deeplabv3_tf.model.transfer import flat_layers
 
 SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
 
-# --arch -> (task, ResNet depth).
+# --arch -> (task, backbone, ResNet depth or None).
 ARCHITECTURES = {
-    "deeplabv3_resnet50": (SEGMENTATION, 50),
-    "deeplabv3_resnet101": (SEGMENTATION, 101),
-    "resnet50": (CLASSIFICATION, 50),
-    "resnet101": (CLASSIFICATION, 101),
+    "deeplabv3_resnet50": (SEGMENTATION, RESNET, 50),
+    "deeplabv3_resnet101": (SEGMENTATION, RESNET, 101),
+    "deeplabv3_mobilenet_v3_large": (SEGMENTATION, MOBILENET_V3_LARGE, None),
+    "resnet50": (CLASSIFICATION, RESNET, 50),
+    "resnet101": (CLASSIFICATION, RESNET, 101),
+    "mobilenet_v3_large": (CLASSIFICATION, MOBILENET_V3_LARGE, None),
 }
 
 # The files torchvision publishes for these architectures and what torchvision
@@ -79,6 +93,19 @@ PUBLISHED_WEIGHTS = {
         "url": "https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth",
         "file_mb": 233.2,
         "reported": "COCO val2017 (VOC classes): mIoU 67.4, pixel accuracy 92.4",
+    },
+    "deeplabv3_mobilenet_v3_large": {
+        "weights": "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+        "url": "https://download.pytorch.org/models/deeplabv3_mobilenet_v3_large-fc3c493d.pth",
+        "file_mb": 42.301,
+        "reported": "COCO val2017 (VOC classes): mIoU 60.3, pixel accuracy 91.2; "
+                    "11,029,328 parameters, 10.452 GMACs at 520x520",
+    },
+    "mobilenet_v3_large": {
+        "weights": "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+        "url": "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
+        "file_mb": 21.1,
+        "reported": "ImageNet-1k val: top-1 75.274",
     },
     "resnet50": {
         "weights": "ResNet50_Weights.IMAGENET1K_V2",
@@ -115,9 +142,12 @@ _HEAD_MODULES = {
     "aux_conv": "aux_classifier.0",
     "aux_bn": "aux_classifier.1",
     "aux_logits": "aux_classifier.4",
-    "classifier": "fc",
 }
+_CLASSIFIER_MODULES = {RESNET: {"classifier": "fc"},
+                       MOBILENET_V3_LARGE: {"classifier_hidden": "classifier.0",
+                                            "classifier": "classifier.3"}}
 _BACKBONE_UNIT = re.compile(r"conv(\d)_block(\d+)_(\d)_(conv|bn)")
+MOBILENET_FEATURES = 17  # features[0] (stem), 15 blocks, features[16] (last conv)
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -180,36 +210,92 @@ def import_config(architecture: str, state_dict: dict[str, np.ndarray], source: 
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"--arch {architecture!r} is not one of {sorted(ARCHITECTURES)}.")
-    task, depth = ARCHITECTURES[architecture]
+    task, backbone, depth = ARCHITECTURES[architecture]
     segmentation = task == SEGMENTATION
-    prefix = "backbone." if segmentation else ""
-    classifier_key = "classifier.4.weight" if segmentation else "fc.weight"
+    prefix = _prefix(segmentation, backbone)
+    classifier_key = ("classifier.4.weight" if segmentation else
+                      "fc.weight" if backbone == RESNET else "classifier.3.weight")
     if classifier_key not in state_dict:
         looks_like = ("a DeepLabv3 or FCN model" if any(k.startswith("backbone.") for k in state_dict)
-                      else "a ResNet classifier" if "fc.weight" in state_dict else "neither")
+                      else "a ResNet classifier" if "fc.weight" in state_dict
+                      else "a MobileNetV3 classifier" if "features.0.0.weight" in state_dict
+                      else "neither")
         raise ValueError(f"{source} has no {classifier_key!r}: it is not a {architecture} "
                          f"state_dict (it looks like {looks_like}); check --arch.")
-    units = tuple(_units(state_dict, prefix, s) for s in (1, 2, 3, 4))
-    if units != BLOCKS_PER_DEPTH[depth]:
-        raise ValueError(f"{source}: the backbone has {units} units per stage, "
-                         f"{architecture} has {BLOCKS_PER_DEPTH[depth]}; check --arch.")
+    if backbone == RESNET:
+        units = tuple(_units(state_dict, prefix, s) for s in (1, 2, 3, 4))
+        if units != BLOCKS_PER_DEPTH[depth]:
+            raise ValueError(f"{source}: the backbone has {units} units per stage, "
+                             f"{architecture} has {BLOCKS_PER_DEPTH[depth]}; check --arch.")
+    else:
+        found = {int(m.group(1)) for k in state_dict
+                 if (m := re.match(rf"{re.escape(prefix)}(\d+)\.", k))}
+        stem = state_dict.get(f"{prefix}0.0.weight")
+        if len(found) != MOBILENET_FEATURES or stem is None or stem.shape[0] != 16:
+            raise ValueError(
+                f"{source}: the backbone has {len(found)} feature modules"
+                + ("" if stem is None else f" and a {stem.shape[0]}-channel stem")
+                + f"; {architecture} (width 1.0) has {MOBILENET_FEATURES} and 16; check --arch.")
     num_classes = int(state_dict[classifier_key].shape[0])
+    base = dict(num_classes=num_classes, backbone=backbone, depth=depth or 101)
     if segmentation:
+        # torchvision's DeepLabv3-ResNets run at output stride 8, its MobileNetV3 at 16.
         config = torchvision_deeplabv3(ModelConfig(
-            num_classes=num_classes, depth=depth, output_stride=output_stride or 8,
+            **base, output_stride=output_stride or (8 if backbone == RESNET else 16),
             aux_head=any(k.startswith("aux_classifier.") for k in state_dict)))
     else:
         config = torchvision_backbone(ModelConfig(
-            num_classes=num_classes, depth=depth, output_stride=output_stride or 32,
-            multi_grid=(1,) * BLOCKS_PER_DEPTH[depth][-1], dilate_first_unit=False))
+            **base, output_stride=output_stride or 32,
+            multi_grid=(1,) * BLOCKS_PER_DEPTH[base["depth"]][-1], dilate_first_unit=False))
     return task, config
 
 
-def torch_module(layer_path: str, segmentation: bool) -> str:
-    """The torchvision module name of a Keras layer path (see the module docstring)."""
+def _prefix(segmentation: bool, backbone: str) -> str:
+    """The state_dict prefix of the backbone's modules."""
+    if segmentation:
+        return "backbone."
+    return "" if backbone == RESNET else "features."
+
+
+def mobilenet_modules(config: ModelConfig) -> dict[str, str]:
+    """Keras MobileNetV3 layer name -> torchvision `features` module (no prefix).
+
+    features[i] is block i (1..15) of `mobilenet_v3.block_plan`, in order;
+    inside it, `block.k` counts the block's parts: expansion (if any),
+    depthwise, squeeze-excite (if any), projection. A conv part's conv and
+    BN are `.0` and `.1`; squeeze-excite's convs are `fc1`, `fc2`.
+    """
+    names = {"conv1_conv": "0.0", "conv1_bn": "0.1"}
+    plan = mobilenet_v3.block_plan(config)
+    for index, block in enumerate(plan, start=1):
+        parts = ((["expand"] if block["expanded"] != block["input"] else []) + ["dw"]
+                 + (["se"] if block["se"] else []) + ["project"])
+        for k, part in enumerate(parts):
+            module = f"{index}.block.{k}"
+            if part == "se":
+                names[f"{block['name']}_se_reduce"] = f"{module}.fc1"
+                names[f"{block['name']}_se_expand"] = f"{module}.fc2"
+            else:
+                names[f"{block['name']}_{part}_conv"] = f"{module}.0"
+                names[f"{block['name']}_{part}_bn"] = f"{module}.1"
+    names["conv5_last_conv"] = f"{len(plan) + 1}.0"
+    names["conv5_last_bn"] = f"{len(plan) + 1}.1"
+    return names
+
+
+def torch_module(layer_path: str, segmentation: bool,
+                 config: ModelConfig | None = None) -> str:
+    """The torchvision module name of a Keras layer path (see the module docstring);
+    `config` tells the backbone (default: a ResNet)."""
+    backbone = config.backbone if config is not None else RESNET
     if layer_path.startswith(f"{BACKBONE_NAME}/"):
         name = layer_path[len(BACKBONE_NAME) + 1:]
-        prefix = "backbone." if segmentation else ""
+        prefix = _prefix(segmentation, backbone)
+        if backbone == MOBILENET_V3_LARGE:
+            modules = mobilenet_modules(config)
+            if name in modules:
+                return prefix + modules[name]
+            raise ValueError(f"Layer {layer_path!r} has no torchvision counterpart.")
         if name in ("conv1_conv", "conv1_bn"):
             return prefix + ("conv1" if name == "conv1_conv" else "bn1")
         match = _BACKBONE_UNIT.fullmatch(name)
@@ -221,6 +307,8 @@ def torch_module(layer_path: str, segmentation: bool) -> str:
             return base + f"{kind}{index}"
     elif layer_path in _HEAD_MODULES:
         return _HEAD_MODULES[layer_path]
+    elif layer_path in _CLASSIFIER_MODULES[backbone]:
+        return _CLASSIFIER_MODULES[backbone][layer_path]
     raise ValueError(f"Layer {layer_path!r} has no torchvision counterpart.")
 
 
@@ -233,6 +321,9 @@ def _entries(layer) -> list[tuple[tf.Variable, str, Callable[[np.ndarray], np.nd
                 (layer.moving_variance, "running_var", same)]
     if isinstance(layer, keras.layers.Conv2D):
         entries = [(layer.kernel, "weight", lambda a: a.transpose(2, 3, 1, 0))]
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
+        # torch [C, 1, k, k] (groups=C) -> Keras [k, k, C, 1].
+        entries = [(layer.kernel, "weight", lambda a: a.transpose(2, 3, 0, 1))]
     elif isinstance(layer, keras.layers.Dense):
         entries = [(layer.kernel, "weight", lambda a: a.T)]
     else:
@@ -243,15 +334,16 @@ def _entries(layer) -> list[tuple[tf.Variable, str, Callable[[np.ndarray], np.nd
 
 
 def load_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], segmentation: bool,
-                    source: str = "state_dict") -> int:
+                    source: str = "state_dict", config: ModelConfig | None = None) -> int:
     """Fills every weight of `model` from a torchvision state_dict, each entry used once.
 
     Args:
       model: From `build_deeplabv3` (with its auxiliary head when the file has
         one) or `build_classifier`, built with a `torchvision_*` config.
       state_dict: NumPy arrays by torchvision key (`read_state_dict`).
-      segmentation: DeepLabv3 (keys under "backbone.") or a bare ResNet.
+      segmentation: DeepLabv3 (keys under "backbone.") or a bare classifier.
       source: Named in error messages.
+      config: The model's config (its backbone; default: a ResNet).
 
     Returns:
       Number of state_dict entries assigned.
@@ -263,7 +355,7 @@ def load_state_dict(model: keras.Model, state_dict: dict[str, np.ndarray], segme
     remaining = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
     used, missing, assignments = set(), [], []
     for path, layer in flat_layers(model).items():
-        module = torch_module(path, segmentation)
+        module = torch_module(path, segmentation, config)
         for variable, suffix, transform in _entries(layer):
             key = f"{module}.{suffix}"
             if key in used:
@@ -334,7 +426,7 @@ def import_torchvision(architecture: str, checkpoint: str, output_dir: str,
     task, config = import_config(architecture, state_dict, checkpoint, output_stride)
     segmentation = task == SEGMENTATION
     model = build_deeplabv3(config) if segmentation else build_classifier(config)
-    assigned = load_state_dict(model, state_dict, segmentation, source=checkpoint)
+    assigned = load_state_dict(model, state_dict, segmentation, source=checkpoint, config=config)
     log(f"mapped {assigned} of {len(state_dict)} entries onto {model.count_params():,} "
         f"parameters ({len(state_dict) - assigned} num_batches_tracked counters dropped)")
 

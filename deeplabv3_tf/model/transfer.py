@@ -15,7 +15,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from deeplabv3_tf.config import ModelConfig
+from deeplabv3_tf.config import MOBILENET_V3_LARGE, RESNET, ModelConfig
 from deeplabv3_tf.model.backbone import BACKBONE_NAME
 from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS_LAYER, LOGITS_LAYER
 
@@ -87,13 +87,20 @@ def restore_model(model: keras.Model, prefix: str) -> None:
 
 
 # Config fields that decide what backbone weights mean: weights of a run with
-# other values have the same shapes but would be read wrongly.
-WEIGHT_SEMANTICS = ("depth", "base_width", "stem", "stride_in_1x1", "normalization")
+# other values have the same shapes but would be read wrongly (or, for the
+# backbone and its size, not at all). The ResNet's fields only between ResNets.
+WEIGHT_SEMANTICS = ("backbone",)
+BACKBONE_WEIGHT_SEMANTICS = {RESNET: ("depth", "base_width", "stem", "stride_in_1x1"),
+                             MOBILENET_V3_LARGE: ("width_multiplier",)}
 
 
 def check_compatible(source: ModelConfig, target: ModelConfig, source_name: str) -> None:
     """Raises ValueError naming the fields where `target` would misread `source`'s weights."""
-    differ = [f for f in WEIGHT_SEMANTICS if getattr(source, f) != getattr(target, f)]
+    fields = WEIGHT_SEMANTICS
+    if source.backbone == target.backbone:
+        fields += BACKBONE_WEIGHT_SEMANTICS[source.backbone]
+    fields += ("normalization",)
+    differ = [f for f in fields if getattr(source, f) != getattr(target, f)]
     if differ:
         fix = " ".join(f"model.{f}={getattr(source, f)!r}" for f in differ)
         raise ValueError(

@@ -61,7 +61,8 @@ def torchvision_reference(arch: str, seed: int, directory, sizes=SIZES, source=S
 
 
 @pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed or does not import")
-@pytest.mark.parametrize("arch", ["deeplabv3_resnet101", "resnet101"])
+@pytest.mark.parametrize("arch", ["deeplabv3_resnet101", "resnet101",
+                                  "deeplabv3_mobilenet_v3_large", "mobilenet_v3_large"])
 def test_torch_replica_equals_torchvision(arch, tmp_path):
     """The replica's state_dict loads strictly into torchvision's model, which then
     gives the replica's outputs."""
@@ -265,3 +266,107 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     usage = subprocess.run([sys.executable, tool, "keras", "--arch", "resnet50", "--checkpoint",
                             "x", "--output_dir", "y"], env=env, capture_output=True, text=True)
     assert usage.returncode != 0 and "torchvision" in usage.stderr
+
+
+# MobileNetV3-Large: odd and even sizes (the strided depthwise convs pad symmetrically).
+MOBILENET_SIZES = ("97x131", "96x128")
+
+
+@pytest.fixture(scope="module")
+def deeplab_mobilenet(tmp_path_factory):
+    """torchvision's deeplabv3_mobilenet_v3_large with its aux head, random weights."""
+    directory = tmp_path_factory.mktemp("deeplab_mobilenet")
+    pth, outputs = torchvision_reference("deeplabv3_mobilenet_v3_large", 3, directory,
+                                         MOBILENET_SIZES)
+    run = str(directory / "run")
+    provenance = import_torchvision("deeplabv3_mobilenet_v3_large", pth, run,
+                                    log=lambda _: None)
+    return outputs, pth, run, provenance
+
+
+@pytest.mark.parametrize("size", MOBILENET_SIZES)
+def test_deeplabv3_mobilenet_v3_equals_torchvision(deeplab_mobilenet, size):
+    """Logits and the auxiliary head's (on features[4], the first block of the
+    40-channel stage, not the stage's end) equal torchvision's."""
+    from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, build_deeplabv3
+
+    reference, pth, run, provenance = deeplab_mobilenet
+    expected = reference[size]
+    experiment = load_experiment(run)
+    config = experiment.model
+    assert (config.backbone, config.output_stride, config.aux_head) == (
+        "mobilenet_v3_large", 16, True)
+    assert config.effective_aspp_rates == (12, 24, 36)
+    model = build_deeplabv3(config)
+    restore_model(model, latest_checkpoint(run))
+    outputs = model(expected["images"], training=False)
+    assert 0.3 < expected["out"].std() < 30 and 0.1 < expected["aux"].std() < 30
+    assert_close(outputs[LOGITS].numpy(), expected["out"], rel=REL)
+    assert_close(outputs[AUX_LOGITS].numpy(), expected["aux"], rel=REL)
+    state = read_state_dict(pth)
+    counters = sum(k.endswith("num_batches_tracked") for k in state)
+    assert provenance["entries_assigned"] == len(state) - counters == 306
+
+
+def test_deeplabv3_mobilenet_v3_export_masks_equal_torchvision(deeplab_mobilenet, tmp_path):
+    """The exported SavedModel (BatchNorm folded, depthwise kernels included) answers
+    with torchvision's argmax."""
+    from deeplabv3_tf.export import export_saved_model
+
+    reference, _, run, _ = deeplab_mobilenet
+    version = export_saved_model(run, str(tmp_path / "exports"), log=lambda _: None)
+    served = tf.saved_model.load(version)
+    for size in MOBILENET_SIZES:
+        expected = reference[size]["out"]
+        result = served.signatures["serving_default"](
+            images=tf.constant(reference[size]["images"].astype(np.uint8)))
+        mask = result["semantic"].numpy()
+        top2 = np.sort(expected, axis=-1)[..., -2:]
+        decided = (top2[..., 1] - top2[..., 0]) > 2 * REL * np.abs(expected).max()
+        assert decided.mean() > 0.95
+        np.testing.assert_array_equal(mask[decided], expected.argmax(-1)[decided])
+
+
+def test_mobilenet_v3_classifier_equals_torchvision_and_initialises_deeplab(tmp_path):
+    from deeplabv3_tf.config import ModelConfig, torchvision_deeplabv3
+    from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
+    from deeplabv3_tf.model.transfer import initialize_from_run
+
+    pth, reference = torchvision_reference("mobilenet_v3_large", 4, tmp_path, ("97x131",))
+    run = str(tmp_path / "run")
+    import_torchvision("mobilenet_v3_large", pth, run, log=lambda _: None)
+    experiment = load_experiment(run)
+    assert experiment.task == "classification" and experiment.model.num_classes == 1000
+    model = build_classifier(experiment.model)
+    restore_model(model, latest_checkpoint(run))
+    expected = reference["97x131"]["out"]
+    assert 0.3 < expected.std() < 30
+    assert_close(model(reference["97x131"]["images"], training=False).numpy(), expected,
+                 rel=REL)
+    # Its backbone initialises a DeepLabv3 training; a ResNet target is refused.
+    config = torchvision_deeplabv3(ModelConfig(backbone="mobilenet_v3_large"))
+    target = build_deeplabv3(config)
+    initialize_from_run(target, run, log=lambda _: None, target_config=config)
+    kernel = target.get_layer("backbone").get_layer("conv3_block1_dw_conv").kernel.numpy()
+    expected_kernel = read_state_dict(pth)["features.4.block.1.0.weight"].transpose(2, 3, 0, 1)
+    np.testing.assert_array_equal(kernel, expected_kernel)
+    resnet = torchvision_deeplabv3(ModelConfig(depth=50))
+    with pytest.raises(ValueError, match="backbone='mobilenet_v3_large'"):
+        initialize_from_run(build_deeplabv3(resnet), run, log=lambda _: None,
+                            target_config=resnet)
+
+
+def test_mobilenet_files_given_as_another_arch_are_named(deeplab_mobilenet):
+    from deeplabv3_tf.model.torchvision_weights import import_config
+
+    _, pth, _, _ = deeplab_mobilenet
+    state = read_state_dict(pth)
+    with pytest.raises(ValueError, match=r"\(0, 0, 0, 0\) units per stage"):
+        import_config("deeplabv3_resnet50", state, pth)
+    with pytest.raises(ValueError, match="looks like a DeepLabv3 or FCN model"):
+        import_config("mobilenet_v3_large", state, pth)
+    renamed = {k.replace("backbone.16.", "backbone.17."): v for k, v in state.items()}
+    renamed.update({k.replace("backbone.15.", "backbone.16."): v for k, v in state.items()
+                    if k.startswith("backbone.15.")})
+    with pytest.raises(ValueError, match="18 feature modules"):
+        import_config("deeplabv3_mobilenet_v3_large", renamed, pth)
