@@ -114,3 +114,20 @@ def run_child(command: list[str], name: str, env: dict | None = None) -> dict | 
         print(f"{name}: failed: {out.stderr.strip().splitlines()[-3:]}")
         return None
     return json.loads(lines[-1])
+
+
+def random_weights_run(experiment, run_dir: str) -> str:
+    """A run directory (experiment.json + a checkpoint) of `experiment`'s model with
+    its initial random weights: what the export needs to be timed (speed does not
+    depend on the weights' values)."""
+    import dataclasses
+
+    from deeplabv3_tf.experiments import save_experiment
+    from deeplabv3_tf.model import build_deeplabv3
+
+    experiment = dataclasses.replace(experiment, train=dataclasses.replace(
+        experiment.train, init=""))
+    save_experiment(experiment, run_dir)
+    tf.train.Checkpoint(model=build_deeplabv3(experiment.model)).save(
+        os.path.join(run_dir, "ckpt"))
+    return run_dir

@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (matmul_peak_gflops, median_seconds, peak_rss_mib,  # noqa: E402
-                    r101_training_step, run_child)
+                    r101_training_step, random_weights_run, run_child)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -154,18 +154,13 @@ def section_training(args):
 def section_serving(args):
     from PIL import Image
 
-    from deeplabv3_tf.experiments import override, save_experiment, voc_r101_os16
+    from deeplabv3_tf.experiments import voc_r101_os16
     from deeplabv3_tf.export import ExportOptions, export_saved_model, load_trained_model
     from deeplabv3_tf.inference import predict_labels
-    from deeplabv3_tf.model import build_deeplabv3
 
     size = 513
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = os.path.join(tmp, "run")
-        experiment = override(voc_r101_os16(), ["train.init=''"])
-        save_experiment(experiment, run_dir)
-        tf.train.Checkpoint(model=build_deeplabv3(experiment.model)).save(
-            os.path.join(run_dir, "ckpt"))
+        run_dir = random_weights_run(voc_r101_os16(), os.path.join(tmp, "run"))
         model, _, _ = load_trained_model(run_dir)
         exports = {p: tf.saved_model.load(export_saved_model(
             run_dir, os.path.join(tmp, p), ExportOptions(precision=p), log=lambda _: None))

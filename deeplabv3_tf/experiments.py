@@ -21,7 +21,8 @@ from deeplabv3_tf.classes import (
     CITYSCAPES, COCO_VOC, IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES, DatasetInfo, check_colors,
     default_colors, note_once)
 from deeplabv3_tf.config import (
-    ModelConfig, check_known_fields, keras_applications_compatible, torchvision_backbone)
+    MOBILENET_V3_LARGE, ModelConfig, check_known_fields, keras_applications_compatible,
+    torchvision_backbone, torchvision_deeplabv3)
 
 EXPERIMENT_FILE = "experiment.json"
 VOC_HARD_CLASSES = ("bicycle", "chair", "diningtable", "pottedplant", "sofa")
@@ -403,6 +404,39 @@ def jft_r101_pretrain() -> ExperimentConfig:
         eval=EvalConfig(output_strides=()))
 
 
+def _mobilenetv3(**overrides) -> ModelConfig:
+    """torchvision's deeplabv3_mobilenet_v3_large: dilated MobileNetV3-Large at output
+    stride 16, ASPP 12/24/36, a 3x3 conv before the logits, the auxiliary FCN head on
+    the first block of the 40-channel stage, ImageNet mean/std input."""
+    return torchvision_deeplabv3(ModelConfig(
+        num_classes=21, backbone=MOBILENET_V3_LARGE, output_stride=16, aux_head=True,
+        bn_momentum=0.9997, **overrides))
+
+
+def voc_mobilenetv3_os16() -> ExperimentConfig:
+    """DeepLabv3-MobileNetV3-Large on VOC train_aug with the paper's schedule (crop 513,
+    batch 16, poly 0.007, 30K steps), from torchvision's ImageNet MobileNetV3-Large:
+    tools/import_weights.py torchvision --arch mobilenet_v3_large --output_dir
+    runs/tv_mobilenet_v3_large. The auxiliary head's loss weighs 0.5 (torchvision)."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_mobilenetv3_os16", model=_mobilenetv3(),
+        train=dataclasses.replace(base.train, init="runs/tv_mobilenet_v3_large"),
+        paper_results={})
+
+
+def voc_mobilenetv3_os16_finetune() -> ExperimentConfig:
+    """Fine-tunes torchvision's trained deeplabv3_mobilenet_v3_large (COCO images, the
+    VOC classes) on VOC train_aug at lr 0.0001, as the paper's COCO -> VOC stage:
+    tools/import_weights.py torchvision --arch deeplabv3_mobilenet_v3_large
+    --output_dir runs/tv_deeplabv3_mobilenet_v3_large."""
+    base = voc_mobilenetv3_os16()
+    return dataclasses.replace(
+        base, name="voc_mobilenetv3_os16_finetune",
+        train=dataclasses.replace(base.train, learning_rate=0.0001,
+                                  init="runs/tv_deeplabv3_mobilenet_v3_large"))
+
+
 def tiny_model(num_classes: int = 21, **overrides) -> ModelConfig:
     """One bottleneck per stage, 8 base channels: trains in seconds on a CPU."""
     values = dict(num_classes=num_classes, depth=14, base_width=8, multi_grid=(1,),
@@ -428,6 +462,17 @@ def tiny_voc() -> ExperimentConfig:
                         multiscale_output_stride=8))
 
 
+def tiny_voc_mobilenetv3() -> ExperimentConfig:
+    """tiny_voc on MobileNetV3-Large at a quarter of its width (every block, SE and
+    hard-swish kept), with its auxiliary head."""
+    base = tiny_voc()
+    return dataclasses.replace(
+        base, name="tiny_voc_mobilenetv3",
+        model=dataclasses.replace(
+            _mobilenetv3(width_multiplier=0.25), aspp_filters=32, head_filters=32,
+            bn_momentum=0.9, dropout_rate=0.1))
+
+
 def tiny_jft() -> ExperimentConfig:
     """A tiny multi-label pretraining run on generated classification records."""
     return ExperimentConfig(
@@ -449,7 +494,10 @@ RECIPES: dict[str, Callable[[], ExperimentConfig]] = {
     "voc_r101_os16_from_coco": voc_r101_os16_from_coco,
     "cityscapes_r101_os16": cityscapes_r101_os16,
     "jft_r101_pretrain": jft_r101_pretrain,
+    "voc_mobilenetv3_os16": voc_mobilenetv3_os16,
+    "voc_mobilenetv3_os16_finetune": voc_mobilenetv3_os16_finetune,
     "tiny_voc": tiny_voc,
+    "tiny_voc_mobilenetv3": tiny_voc_mobilenetv3,
     "tiny_jft": tiny_jft,
 }
 

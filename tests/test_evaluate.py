@@ -208,3 +208,31 @@ def test_report_page_shows_the_papers_figure(tmp_path):
     assert "paper (os16)" in text and "paper (os8)" not in text  # the bar beside the mIoU's
     assert 'data-setting="os16" data-class="bird" data-key="iou">n/a<' in text
     assert "0 worst and 0 best of 0 images" in text
+
+
+def test_mobilenet_v3_run_trains_evaluates_and_predicts(trained_run, tmp_path):
+    """The tiny MobileNetV3 recipe through the library's training, evaluation at
+    output stride 8 with multi-scale + flip (its last stage at rate 4), the report
+    page, and prediction."""
+    from deeplabv3_tf.experiments import override, tiny_voc_mobilenetv3
+    from deeplabv3_tf.train import train
+
+    records = trained_run["records_dir"]
+    experiment = override(tiny_voc_mobilenetv3(), [
+        f"data.train_records={records + '/train-*'!r}",
+        f"data.val_records={records + '/val-*'!r}", "train.steps=4", "train.batch_size=2",
+        "data.crop_size=(65, 65)", "train.checkpoint_every=4", "train.log_every=2",
+        "train.image_summary_every=0"])
+    run = str(tmp_path / "run")
+    result = train(experiment, run, progress=False, log=lambda _: None)
+    assert result.step == 4 and all(np.isfinite(h["loss"]) for h in result.history)
+    evaluated = evaluate_run(run, str(tmp_path / "eval"), output_stride=8,
+                             scales=(0.75, 1.0), flip=True, progress=False, examples=1,
+                             log=lambda _: None)
+    assert list(evaluated) == ["os8_ms_flip"] and evaluated["os8_ms_flip"]["images"] == 6
+    assert (tmp_path / "eval" / "report.html").exists()
+    images = [os.path.join(trained_run["voc_dir"], "JPEGImages", f"{i}.jpg")
+              for i in trained_run["val_ids"][:2]]
+    written = predict_files(run, images, str(tmp_path / "pred"), log=lambda _: None)
+    assert [Image.open(w["outputs"]["labels"]).size for w in written] == [
+        Image.open(p).size for p in images]
