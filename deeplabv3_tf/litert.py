@@ -285,6 +285,7 @@ def _source(path: str, checkpoint: str | None):
 
 def export_litert(run_dir: str, output_path: str, options: LiteRTOptions = LiteRTOptions(),
                   check_images: int = 16, checkpoint: str | None = None,
+                  calibration_records: str | None = None, check_records: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Writes a run as `output_path` (.tflite) and `output_path` .json, and checks it.
 
@@ -297,6 +298,10 @@ def export_litert(run_dir: str, output_path: str, options: LiteRTOptions = LiteR
       check_images: Val images the file is checked on against the float model
         (0: no check, or no val records).
       checkpoint: A checkpoint prefix (default: the latest).
+      calibration_records: Glob of the records int8 calibrates on (default: the
+        run's training records; an imported run has none).
+      check_records: Glob of the records the check uses (default: the run's val
+        records).
 
     Returns:
       The metadata written, with "file", "bytes" and "check" (agreement, mIoU).
@@ -312,18 +317,22 @@ def export_litert(run_dir: str, output_path: str, options: LiteRTOptions = LiteR
     model = fold_batch_norm(model, dataclasses.replace(experiment.model,
                                                        output_stride=output_stride), "float32")
     calibration = None
+    calibration_records = calibration_records or experiment.data.train_records
+    check_records = check_records or experiment.data.val_records
     if options.quantization == "int8":
-        if not experiment.data.train_records:
-            raise ValueError(f"{run_dir}: int8 needs the run's training records for calibration.")
-        calibration = _calibration_images(experiment.data.train_records, options.input_size,
+        if not calibration_records:
+            raise ValueError(f"{run_dir}: int8 calibrates on training images and the run names "
+                             "no training records (an imported run): give some "
+                             "(--calibration_records 'records/voc/train_aug-*').")
+        calibration = _calibration_images(calibration_records, options.input_size,
                                           options.calibration_images)
     content = convert(model, options, calibration)
     info = metadata(experiment, options, experiment.data.info, output_stride)
     info.update(checkpoint=prefix, bytes=len(content), file=output_path)
     directory = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(directory, exist_ok=True)
-    if check_images and experiment.data.val_records:
-        info["check"] = agreement(content, model, experiment.data.val_records,
+    if check_images and check_records:
+        info["check"] = agreement(content, model, check_records,
                                   options.input_size, check_images, experiment.model.num_classes)
     # Written under temporary names, then renamed: no half-written file is left.
     for path, data in ((output_path, content),

@@ -92,3 +92,30 @@ def test_tool_writes_files_and_names_bad_values(trained_run, tmp_path):
     bad = run(f"--model_dir={trained_run['run_dir']}", f"--output_dir={tmp_path}",
               "--quantization=int4")
     assert bad.returncode == 1 and "quantization='int4'" in bad.stderr
+
+
+def test_imported_mobilenet_run_quantizes_on_given_records(trained_run, tmp_path):
+    """A run with no records of its own (as tools/import_weights.py writes) of the
+    MobileNetV3 model: int8 (hard-swish, squeeze-excite, dilated depthwise convs)
+    integer-only, calibrated and checked on records given to it."""
+    import dataclasses
+
+    from deeplabv3_tf.experiments import save_experiment, tiny_voc_mobilenetv3
+    from deeplabv3_tf.model import build_deeplabv3
+
+    base = tiny_voc_mobilenetv3()
+    experiment = dataclasses.replace(base, data=dataclasses.replace(
+        base.data, train_records="", val_records=""))
+    run = str(tmp_path / "imported")
+    save_experiment(experiment, run)
+    tf.train.Checkpoint(model=build_deeplabv3(experiment.model)).save(os.path.join(run, "ckpt"))
+    options = LiteRTOptions(quantization="int8", input_size=SIZE, calibration_images=4)
+    with pytest.raises(ValueError, match="--calibration_records"):
+        export_litert(run, str(tmp_path / "a.tflite"), options, log=lambda _: None)
+    path = str(tmp_path / "mobilenet_int8.tflite")
+    info = export_litert(run, path, options, check_images=2,
+                         calibration_records=f"{trained_run['records_dir']}/train-*",
+                         check_records=trained_run["val_records"], log=lambda _: None)
+    assert info["check"]["images"] == 2
+    with open(path, "rb") as f:
+        assert set(tensor_types(f.read())) <= {"int8", "uint8", "int16", "int32", "int64"}

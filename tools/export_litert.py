@@ -5,9 +5,14 @@
   python tools/export_litert.py --model_dir exports/deeplabv3/1 --output_dir exports/litert \\
       --quantization none,float16,dynamic_int8,int8
 
+  python tools/export_litert.py --model_dir runs/tv_deeplabv3_mobilenet_v3_large \
+      --output_dir exports/litert --quantization int8 \
+      --calibration_records 'records/voc/train_aug-*' --check_records 'records/voc/val-*'
+
 Writes <experiment>_<quantization>_<H>x<W>.tflite and a .json beside it (input size, layout,
 outputs, class names, colours), checks each file against the float model on the run's val
-images and prints pixel agreement and mIoU.
+images (or --check_records) and prints pixel agreement and mIoU. int8 calibrates on the run's
+training images, or --calibration_records for a run that names none (an imported one).
 """
 
 from deeplabv3_tf.cli import (
@@ -34,6 +39,10 @@ flags.DEFINE_integer("output_stride", None, "Inference output stride (default: t
 flags.DEFINE_bool("with_probabilities", False, "Also output per-class probabilities.")
 flags.DEFINE_integer("calibration_images", 64, "Training images the int8 model is calibrated on.")
 flags.DEFINE_integer("check_images", 16, "Val images each file is checked on (0: none).")
+flags.DEFINE_string("calibration_records", None,
+                    "Records int8 calibrates on (default: the run's training records).")
+flags.DEFINE_string("check_records", None,
+                    "Records the files are checked on (default: the run's val records).")
 FLAGS = flags.FLAGS
 
 
@@ -52,7 +61,9 @@ def main(argv):
             path = os.path.join(FLAGS.output_dir,
                                 f"{name}_{quantization}_{size[0]}x{size[1]}.tflite")
             with filtered_stderr(without_notices(LITERT_NOTICES)):
-                export_litert(FLAGS.model_dir, path, options, check_images=FLAGS.check_images)
+                export_litert(FLAGS.model_dir, path, options, check_images=FLAGS.check_images,
+                              calibration_records=FLAGS.calibration_records,
+                              check_records=FLAGS.check_records)
 
     return run_reporting_errors(run)
 

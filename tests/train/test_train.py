@@ -115,11 +115,17 @@ def _wait_for(path_glob, timeout=180):
     raise TimeoutError(path_glob)
 
 
-@pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_weights(records, tmp_path, kill_signal):
-    reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def uninterrupted(records, tmp_path_factory):
+    """The final weights of the run the killed ones are compared with."""
+    reference = tmp_path_factory.mktemp("uninterrupted")
     subprocess.run(_train_cmd(records, reference), cwd=ROOT, check=True,
                    capture_output=True, timeout=600)
+    return _final_weights(str(reference))
+
+
+@pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_weights(records, uninterrupted, tmp_path, kill_signal):
     run = tmp_path / "run"
     process = subprocess.Popen(_train_cmd(records, run), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -141,7 +147,7 @@ def test_killed_run_resumes_to_the_same_weights(records, tmp_path, kill_signal):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert tf.train.latest_checkpoint(str(run)).endswith("ckpt-24")
-    for a, b in zip(_final_weights(reference), _final_weights(run)):
+    for a, b in zip(uninterrupted, _final_weights(str(run))):
         np.testing.assert_array_equal(a, b)
 
 
