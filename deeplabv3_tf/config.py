@@ -184,6 +184,14 @@ class ModelConfig:
                 f"dropout_rate={self.dropout_rate} must be in [0, 1).")
 
     @property
+    def backbone_name(self) -> str:
+        """"R101", "MobileNetV3-Large" (x0.25 when narrowed): for messages."""
+        if self.backbone == MOBILENET_V3_LARGE:
+            width = "" if self.width_multiplier == 1.0 else f" x{self.width_multiplier:g}"
+            return f"MobileNetV3-Large{width}"
+        return f"R{self.depth}"
+
+    @property
     def blocks(self) -> tuple[int, ...]:
         """Units per stage, conv2..conv5."""
         return BLOCKS_PER_DEPTH[self.depth]

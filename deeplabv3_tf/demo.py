@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from deeplabv3_tf.visualize import colorize, overlay
 
 def run_model_demo(output_dir: str, config: ModelConfig = ModelConfig(),
                    image_size: tuple[int, int] = (513, 513), seed: int = 0,
+                   experiment: str | None = None,
                    log: Callable[[str], None] = print) -> dict:
     """Builds the model, prints its summary and cost, and segments one image.
 
@@ -32,11 +34,17 @@ def run_model_demo(output_dir: str, config: ModelConfig = ModelConfig(),
       config: Model to build (DeepLabv3-R101 at output stride 16 by default).
       image_size: (height, width) of the generated image and of the MAC count.
       seed: Seed of the generated image and of the weights.
+      experiment: A recipe name: its model instead of `config` (inference
+        graph: without an auxiliary head).
       log: Where progress lines go.
 
     Returns:
       The summary dict also written to summary.json.
     """
+    if experiment:
+        from deeplabv3_tf.experiments import get_recipe
+
+        config = dataclasses.replace(get_recipe(experiment).model, aux_head=False)
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     model = build_deeplabv3(config)
@@ -72,7 +80,7 @@ def run_model_demo(output_dir: str, config: ModelConfig = ModelConfig(),
     }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    log(f"DeepLabv3-R{config.depth}, output stride {config.output_stride}, "
+    log(f"DeepLabv3-{config.backbone_name}, output stride {config.output_stride}, "
         f"{config.num_classes} classes")
     log(f"  trainable params: {summary['trainable_params']:,} "
         f"(total {summary['total_params']:,})")

@@ -28,3 +28,12 @@ def test_model_demo_writes_mask_and_reports_cost(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "mask.png"))
     assert mask.shape == (97, 131, 3)
     assert os.path.getsize(tmp_path / "overlay.png") > 0
+
+
+def test_model_demo_of_a_recipe_names_its_backbone(tmp_path):
+    lines = []
+    summary = run_model_demo(str(tmp_path), image_size=(65, 77), experiment="tiny_voc_mobilenetv3",
+                             log=lines.append)
+    assert ModelConfig.from_dict(summary["config"]).backbone == "mobilenet_v3_large"
+    assert not summary["config"]["aux_head"]  # the inference graph
+    assert "DeepLabv3-MobileNetV3-Large x0.25, output stride 16, 21 classes" in lines

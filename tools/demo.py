@@ -5,6 +5,7 @@
   python tools/demo.py --voc_dir VOCdevkit/VOC2012 --sbd_dir benchmark_RELEASE \\
       --experiment voc_r101_os16 --init resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5
   python tools/demo.py --model_only             # build R101, print its summary and cost only
+  python tools/demo.py --model_only --experiment voc_mobilenetv3_os16   # that recipe's model
 """
 
 from deeplabv3_tf.cli import start_tensorflow
@@ -25,14 +26,15 @@ flags.DEFINE_integer("steps", None, "Training steps (default: the recipe's).")
 flags.DEFINE_integer("num_train", 240, "Generated training images.")
 flags.DEFINE_integer("num_val", 48, "Generated validation images.")
 flags.DEFINE_multi_string("train_flag", [], "Extra tools/train.py flag, e.g. --train_flag=--set=train.batch_size=4.")
-flags.DEFINE_bool("model_only", False, "Only build the model and print its summary, size and cost.")
+flags.DEFINE_bool("model_only", False, "Only build the model (R101, or --experiment's) and "
+                  "print its summary, size and cost.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     if FLAGS.model_only:
-        run_model_demo(f"{FLAGS.workdir}/model")
+        run_model_demo(f"{FLAGS.workdir}/model", experiment=FLAGS.experiment)
         return
     experiment = FLAGS.experiment or ("voc_r101_os16" if FLAGS.voc_dir else "tiny_voc")
     run_main_job(MainJobConfig(
