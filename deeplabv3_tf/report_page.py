@@ -58,14 +58,21 @@ class ImageRanking:
             if np.isnan(score) or not self.k:
                 continue
             index = len(self.scores)
-            entry = (name, np.clip(images[i, :h, :w] + 0.5, 0, 255).astype(np.uint8), label,
-                     prediction.astype(np.int32))
-            heapq.heappush(self._worst, (-score, -index, entry))
-            if len(self._worst) > self.k:
-                heapq.heappop(self._worst)
-            heapq.heappush(self._best, (score, -index, entry))
-            if len(self._best) > self.k:
-                heapq.heappop(self._best)
+            enters_worst = len(self._worst) < self.k or -score > self._worst[0][0]
+            enters_best = len(self._best) < self.k or score > self._best[0][0]
+            if not (enters_worst or enters_best):
+                continue
+            # Kept at the size the page shows: a Cityscapes image and its two maps at
+            # full size are 22 MB, times 2k per setting.
+            entry = (name, *_shrunk(images[i, :h, :w], label, prediction), (h, w))
+            if enters_worst:
+                heapq.heappush(self._worst, (-score, -index, entry))
+                if len(self._worst) > self.k:
+                    heapq.heappop(self._worst)
+            if enters_best:
+                heapq.heappush(self._best, (score, -index, entry))
+                if len(self._best) > self.k:
+                    heapq.heappop(self._best)
 
     def _ends(self) -> tuple[list, list]:
         # With fewer than 2k images scored, the two ends share images: split them
@@ -77,12 +84,13 @@ class ImageRanking:
         best = sorted(self._best, key=lambda x: (-x[0], -x[1]))[:best_count]
         return ([(-s, *e) for s, _, e in worst], [(s, *e) for s, _, e in best])
 
-    def worst(self) -> list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray]]:
-        """(score, id, image, label, prediction), lowest score first."""
+    def worst(self) -> list[tuple]:
+        """(score, id, image, label, prediction, (height, width)), lowest score first;
+        the arrays uint8, shrunk to at most PICTURE_SIDE, the size the original's."""
         return self._ends()[0]
 
-    def best(self) -> list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray]]:
-        """(score, id, image, label, prediction), highest score first."""
+    def best(self) -> list[tuple]:
+        """As `worst`, highest score first."""
         return self._ends()[1]
 
     def write_csv(self, path: str) -> str:
@@ -92,6 +100,24 @@ class ImageRanking:
             for name, score in self.scores:
                 writer.writerow([name, "" if np.isnan(score) else f"{score:.6f}"])
         return path
+
+
+def _shrunk(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
+            max_side: int = PICTURE_SIDE):
+    """uint8 copies of an image (bilinear) and its label and prediction (nearest)
+    with the longest side at most `max_side`."""
+    from PIL import Image
+
+    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    height, width = label.shape
+    scale = min(1.0, max_side / max(height, width))
+    if scale == 1.0:
+        return image, label.astype(np.uint8), prediction.astype(np.uint8)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return (np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
+            np.asarray(Image.fromarray(label.astype(np.uint8)).resize(size, Image.NEAREST)),
+            np.asarray(Image.fromarray(prediction.astype(np.uint8)).resize(size,
+                                                                          Image.NEAREST)))
 
 
 def error_map(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
@@ -140,7 +166,7 @@ def _examples(output_dir: str, setting: str, kind: str, entries, class_names,
               colours: np.ndarray, ignore_label: int) -> list[str]:
     esc = pages.escape
     body = ['<div class="sheet">']
-    for rank, (score, name, image, label, prediction) in enumerate(entries):
+    for rank, (score, name, image, label, prediction, size) in enumerate(entries):
         stem = f"{setting}_{kind}{rank:02d}"
         pictures = [
             (pages.save_picture(output_dir, f"{stem}_image.jpg", image, PICTURE_SIDE), "image"),
@@ -162,7 +188,7 @@ def _examples(output_dir: str, setting: str, kind: str, entries, class_names,
                     f'data-image="{esc(name)}" data-iou="{score:.6f}">'
                     f'<div style="display: flex; gap: 4px">{cells}</div>'
                     f"<figcaption><b>{esc(name)}</b>: IoU {100 * score:.2f} "
-                    f"({image.shape[0]}x{image.shape[1]})<br>"
+                    f"({size[0]}x{size[1]})<br>"
                     + "".join(f"{pages.swatch(colours[c])}{esc(n)}" for c, n in names.items())
                     + "</figcaption></figure>")
     body.append("</div>")

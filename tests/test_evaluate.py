@@ -236,3 +236,30 @@ def test_mobilenet_v3_run_trains_evaluates_and_predicts(trained_run, tmp_path):
     written = predict_files(run, images, str(tmp_path / "pred"), log=lambda _: None)
     assert [Image.open(w["outputs"]["labels"]).size for w in written] == [
         Image.open(p).size for p in images]
+
+
+def test_image_ranking_keeps_the_ends_small():
+    """k worst and k best by per-image IoU, kept at the page's picture size."""
+    import tensorflow as tf
+
+    from deeplabv3_tf.report_page import PICTURE_SIDE, ImageRanking
+
+    rng = np.random.default_rng(0)
+    ranking = ImageRanking(num_classes=3, k=2)
+    label = np.zeros((1, 700, 500), np.int32)
+    label[:, :350] = 1
+    for i, wrong in enumerate([0.5, 0.1, 0.9, 0.3, 0.0]):
+        prediction = label.copy()
+        prediction[:, : int(700 * wrong)] = 2  # more rows wrong, lower IoU
+        ranking({"image": tf.constant(rng.uniform(0, 255, (1, 700, 500, 3)), tf.float32),
+                 "label": tf.constant(label), "height": tf.constant([700]),
+                 "width": tf.constant([500]), "filename": tf.constant([f"img{i}".encode()])},
+                prediction)
+    assert [name for _, name, *_ in ranking.worst()] == ["img2", "img0"]
+    assert [name for _, name, *_ in ranking.best()] == ["img4", "img1"]
+    scores = dict(ranking.scores)
+    assert scores["img4"] == 1.0 and scores["img2"] < scores["img0"] < scores["img3"]
+    _, _, image, kept_label, kept_prediction, size = ranking.worst()[0]
+    assert size == (700, 500) and image.dtype == kept_label.dtype == np.uint8
+    assert image.shape == (PICTURE_SIDE, round(500 * PICTURE_SIDE / 700), 3)
+    assert kept_label.shape == kept_prediction.shape == image.shape[:2]
