@@ -131,3 +131,26 @@ def random_weights_run(experiment, run_dir: str) -> str:
     tf.train.Checkpoint(model=build_deeplabv3(experiment.model)).save(
         os.path.join(run_dir, "ckpt"))
     return run_dir
+
+
+def litert_seconds(content: bytes, pixels: np.ndarray, runs: int, threads: int) -> float:
+    """Median seconds of one LiteRT interpreter call on `pixels` (the model's input)
+    with `threads` threads."""
+    from deeplabv3_tf.litert import interpreter
+
+    runner = interpreter(content, num_threads=threads)
+    [inp] = runner.get_input_details()
+
+    def call():
+        runner.set_tensor(inp["index"], pixels)
+        runner.invoke()
+
+    return median_seconds(call, runs)
+
+
+def random_calibration(rng: np.random.Generator, size, count: int = 4):
+    """A calibration generator of `count` random float32 [1, H, W, 3] images in [0, 255]."""
+    def images():
+        for _ in range(count):
+            yield rng.uniform(0, 255, (1, *size, 3)).astype(np.float32)
+    return images

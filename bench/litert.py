@@ -19,7 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_name, median_seconds  # noqa: E402
+from bench.common import (cpu_name, litert_seconds, median_seconds,  # noqa: E402
+                          random_calibration)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -33,7 +34,7 @@ def main():
     args = parser.parse_args()
 
     from deeplabv3_tf.experiments import voc_r101_os16
-    from deeplabv3_tf.litert import LiteRTOptions, convert, interpreter
+    from deeplabv3_tf.litert import LiteRTOptions, convert
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.fold import fold_batch_norm
 
@@ -51,23 +52,13 @@ def main():
         rows.append((f"TensorFlow graph {precision}", "", seconds, None))
     float_graph = fold_batch_norm(model, config, "float32")
 
-    def calibration():
-        for _ in range(4):
-            yield rng.uniform(0, 255, (1, *size, 3)).astype(np.float32)
-
+    calibration = random_calibration(rng, size)
     for quantization in args.quantizations.split(","):
         content = convert(float_graph, LiteRTOptions(quantization=quantization, input_size=size),
                           calibration if quantization == "int8" else None)
         for threads in (1, 2):
-            runner = interpreter(content, num_threads=threads)
-            [inp] = runner.get_input_details()
-
-            def call(runner=runner, index=inp["index"]):
-                runner.set_tensor(index, pixels)
-                runner.invoke()
-
-            rows.append((f"LiteRT {quantization}", threads, median_seconds(call, args.runs),
-                         len(content)))
+            rows.append((f"LiteRT {quantization}", threads,
+                         litert_seconds(content, pixels, args.runs, threads), len(content)))
         print(f"converted {quantization}", flush=True)
     reference = rows[0][2]
     print(f"\nR101 OS16, {size[0]}x{size[1]}, batch 1, median of {args.runs} calls")

@@ -21,7 +21,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_name, median_seconds, random_weights_run  # noqa: E402
+from bench.common import (cpu_name, litert_seconds, median_seconds,  # noqa: E402
+                          random_calibration, random_weights_run)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -40,7 +41,7 @@ def main():
 
     from deeplabv3_tf.experiments import voc_mobilenetv3_os16, voc_r101_os16
     from deeplabv3_tf.export import ExportOptions, export_saved_model, load_trained_model
-    from deeplabv3_tf.litert import LiteRTOptions, convert, interpreter
+    from deeplabv3_tf.litert import LiteRTOptions, convert
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.cost import count_macs, count_params
     from deeplabv3_tf.model.fold import fold_batch_norm
@@ -72,23 +73,13 @@ def main():
             model, _, _ = load_trained_model(run_dir)
             folded = fold_batch_norm(model, config, "float32")
 
-            def calibration():
-                for _ in range(4):
-                    yield rng.uniform(0, 255, (1, *size, 3)).astype(np.float32)
-
+            calibration = random_calibration(rng, size)
             for quantization in [q for q in args.litert.split(",") if q]:
                 content = convert(folded, LiteRTOptions(quantization=quantization,
                                                         input_size=size),
                                   calibration if quantization == "int8" else None)
                 for threads in (1, 2):
-                    runner = interpreter(content, num_threads=threads)
-                    [inp] = runner.get_input_details()
-
-                    def call(runner=runner, index=inp["index"]):
-                        runner.set_tensor(index, pixels)
-                        runner.invoke()
-
-                    seconds = median_seconds(call, args.runs)
+                    seconds = litert_seconds(content, pixels, args.runs, threads)
                     rows.append((name, f"LiteRT {quantization}", threads,
                                  f"{1000 * seconds:.0f}", f"{len(content) / 1e6:.1f}"))
                 print(f"{name} LiteRT {quantization} converted", flush=True)
