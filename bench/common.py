@@ -82,6 +82,63 @@ def cpu_name() -> str:
         return "unknown CPU"
 
 
+# /proc/cpuinfo flags that decide which kernels run: AMX tiles with bfloat16 (Intel
+# Sapphire Rapids and later), AVX-512 bfloat16 dot products, AVX-512 float16.
+CPU_FEATURES = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512_fp16")
+
+# A bfloat16 conv and matmul, run with oneDNN's verbose log on: its lines name the
+# implementation (e.g. brg_conv_fwd:avx512_core_amx on AMX, :avx512_core_bf16 without).
+_KERNEL_PROBE = """
+import tensorflow as tf
+x = tf.cast(tf.random.uniform((1, 33, 33, 64)), tf.bfloat16)
+k = tf.cast(tf.random.uniform((3, 3, 64, 64)), tf.bfloat16)
+tf.nn.conv2d(x, k, 1, "SAME").numpy()
+m = tf.cast(tf.random.uniform((256, 256)), tf.bfloat16)
+tf.matmul(m, m).numpy()
+"""
+
+
+def cpu_features() -> list[str]:
+    """Which of `CPU_FEATURES` this CPU reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return [feature for feature in CPU_FEATURES if feature in flags]
+
+
+def bfloat16_kernels() -> dict[str, str]:
+    """{"convolution": implementation, "matmul": implementation} that oneDNN picks for
+    bfloat16 here (from ONEDNN_VERBOSE in a child process); empty where it logs none."""
+    import sys
+
+    env = dict(os.environ, ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", _KERNEL_PROBE], capture_output=True, text=True,
+                         env=env)
+    found = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        fields = line.split(",")
+        if len(fields) > 6 and fields[:4] == ["onednn_verbose", "v1", "primitive", "exec"]:
+            kind, implementation = fields[5], fields[6]
+            if kind in ("convolution", "matmul") and "bf16" in line:
+                found.setdefault(kind, implementation)
+    return found
+
+
+def describe_cpu() -> str:
+    """The CPU's name, the kernel-deciding features it has, and whether bfloat16
+    convolutions and matmuls run on AMX: the first line of every speed figure."""
+    features = cpu_features()
+    kernels = bfloat16_kernels()
+    on_amx = bool(kernels) and all("amx" in k for k in kernels.values())
+    shown = ", ".join(f"{kind} {impl}" for kind, impl in kernels.items()) or "not logged"
+    return (f"CPU: {cpu_name()}, {os.cpu_count()} cores; features: "
+            f"{' '.join(features) or 'none of ' + ' '.join(CPU_FEATURES)}; bfloat16 kernels: "
+            f"{shown} ({'on AMX' if on_amx else 'not on AMX'})")
+
+
 def r101_training_step(assignments: list[str], size: int = 321, batch_size: int = 2):
     """(step, experiment, batch): voc_r101_os16 with `--set` assignments, one device, a
     random batch of `batch_size` size x size images, ready for `step(batch)`."""

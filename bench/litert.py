@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (cpu_name, litert_seconds, median_seconds,  # noqa: E402
+from bench.common import (describe_cpu, litert_seconds, median_seconds,  # noqa: E402
                           random_calibration)
 
 import numpy as np  # noqa: E402
@@ -38,7 +38,7 @@ def main():
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.fold import fold_batch_norm
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}")
+    print(f"{describe_cpu()}; TensorFlow {tf.__version__}")
     size = (args.size, args.size)
     config = voc_r101_os16().model
     model = build_deeplabv3(config)

@@ -21,7 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (cpu_name, litert_seconds, median_seconds,  # noqa: E402
+from bench.common import (describe_cpu, litert_seconds, median_seconds,  # noqa: E402
                           random_calibration, random_weights_run)
 
 import numpy as np  # noqa: E402
@@ -51,7 +51,7 @@ def main():
     size = (args.size, args.size)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (1, *size, 3), dtype=np.uint8)
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}")
+    print(f"{describe_cpu()}; TensorFlow {tf.__version__}")
     rows = []
     for key in args.models.split(","):
         name, recipe = recipes[key]

@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_name, peak_rss_mib, rss_mib, run_child  # noqa: E402
+from bench.common import describe_cpu, peak_rss_mib, rss_mib, run_child  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -131,7 +131,7 @@ def main():
         return
 
     sections = args.sections.split(",")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__}", flush=True)
+    print(f"{describe_cpu()}; TensorFlow {tf.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         r101 = _run_dir(tmp, "r101", "voc_r101_os16")
         if "budget" in sections:

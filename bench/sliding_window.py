@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_name, peak_rss_mib, reset_peak_rss, run_child  # noqa: E402
+from bench.common import describe_cpu, peak_rss_mib, reset_peak_rss, run_child  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -182,7 +182,7 @@ def main():
         print(json.dumps(child_tiny_miou(args)))
         return
 
-    print(f"CPU: {cpu_name()}; TensorFlow {tf.__version__}")
+    print(f"{describe_cpu()}; TensorFlow {tf.__version__}")
     sections = args.sections.split(",")
     base = [sys.executable, os.path.abspath(__file__), f"--images={args.images}",
             f"--window={args.window}", f"--stride={args.stride}"]

@@ -2,6 +2,10 @@
 
   python bench/speed.py [--runs 5] [--sections peak,inference,training,serving,pipeline]
 
+The first line names the CPU, the features that decide its kernels (AMX,
+AVX512_BF16, AVX512_FP16) and the oneDNN implementations bfloat16 convolutions and
+matmuls get here, i.e. whether they run on AMX (`common.describe_cpu`).
+
 One run prints:
   peak       tf.matmul 4096x4096 GFLOP/s in float32 and bfloat16 (each section
              measures it again in its own process, and its ratios use that).
@@ -32,7 +36,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (matmul_peak_gflops, median_seconds, peak_rss_mib,  # noqa: E402
+from common import (describe_cpu, matmul_peak_gflops, median_seconds, peak_rss_mib,  # noqa: E402
                     r101_training_step, random_weights_run, run_child)
 
 import numpy as np  # noqa: E402
@@ -259,7 +263,7 @@ def main():
         return training_child(args.child_training, args.runs)
     if args.child_pipeline:
         return pipeline_child(args.child_pipeline, 40)
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores")
+    print(f"{describe_cpu()}; TensorFlow {tf.__version__}")
     for section in args.sections.split(","):
         if section not in SECTIONS:
             raise SystemExit(f"unknown section {section!r}; choose from {SECTIONS}")
