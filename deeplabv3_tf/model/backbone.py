@@ -50,6 +50,23 @@ def batch_norm(x, config: ModelConfig, name: str):
     return layer(x)
 
 
+def symmetric_padding(x, kernel_size: int, strides: int, dilation_rate: int, name: str):
+    """The padding of a conv that pads symmetrically for any stride.
+
+    Returns:
+      (x, padding): a strided conv with a kernel larger than 1 gets `{name}_pad`,
+      a ZeroPadding2D of (kernel - 1) * rate in all (the odd pixel at the end),
+      and "valid"; stride 1 with an odd kernel gets "same" (symmetric already);
+      a strided 1x1 conv needs none ("valid").
+    """
+    if strides > 1 and kernel_size > 1:
+        total = (kernel_size - 1) * dilation_rate
+        x = keras.layers.ZeroPadding2D(
+            ((total // 2, total - total // 2),) * 2, name=f"{name}_pad")(x)
+        return x, "valid"
+    return x, "same" if strides == 1 else "valid"
+
+
 def conv_bn(x, filters: int, kernel_size: int, config: ModelConfig, name: str,
             strides: int = 1, dilation_rate: int = 1, relu: bool = True):
     """Conv (no bias) + BN (+ ReLU), padding symmetric for any stride.
@@ -58,16 +75,7 @@ def conv_bn(x, filters: int, kernel_size: int, config: ModelConfig, name: str,
     `{name}_bn`, `{name}_relu`; with `config.fold_bn`, `{name}_conv` has a
     bias and there is no `{name}_bn`.
     """
-    if strides > 1 and kernel_size > 1:
-        effective = kernel_size + (kernel_size - 1) * (dilation_rate - 1)
-        total = effective - 1
-        x = keras.layers.ZeroPadding2D(
-            ((total // 2, total - total // 2),) * 2, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        # Stride 1 with an odd kernel: "same" pads symmetrically. A strided
-        # 1x1 conv needs no padding.
-        padding = "same" if strides == 1 else "valid"
+    x, padding = symmetric_padding(x, kernel_size, strides, dilation_rate, name)
     # With config.fold_bn the BN's scale and shift live in the conv's kernel and bias.
     # AtrousConv2D for every conv, dilated or not: Keras' .weights.h5 paths
     # derive from layer classes, which must not depend on the output stride.

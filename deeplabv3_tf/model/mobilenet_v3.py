@@ -50,8 +50,8 @@ import dataclasses
 import keras
 
 from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.model.backbone import BACKBONE_NAME, batch_norm
-from deeplabv3_tf.model.layers import AtrousConv2D, InputNormalization
+from deeplabv3_tf.model.backbone import BACKBONE_NAME, batch_norm, conv_bn, symmetric_padding
+from deeplabv3_tf.model.layers import InputNormalization
 
 BN_EPSILON = 1e-3
 AUX_ENDPOINT = "c3_block1"
@@ -132,32 +132,21 @@ def _activation(x, activation: str | None, name: str):
     return x
 
 
-def _pad(x, kernel: int, rate: int, strides: int, name: str):
-    """Symmetric padding of (kernel - 1) // 2 * rate a side, explicit for strided
-    convs (as torchvision's padding and the ResNet's conv_bn); returns (x, padding)."""
-    if strides == 1 or kernel == 1:
-        return x, "same" if strides == 1 else "valid"
-    total = (kernel - 1) * rate
-    x = keras.layers.ZeroPadding2D(((total // 2, total - total // 2),) * 2,
-                                   name=f"{name}_pad")(x)
-    return x, "valid"
-
-
 def conv_bn_act(x, filters: int, kernel: int, config: ModelConfig, name: str,
                 activation: str | None, strides: int = 1, depthwise: bool = False,
                 rate: int = 1):
-    """Conv (or depthwise conv) + BN (+ activation): `{name}_{pad,conv,bn,act}`;
-    with config.fold_bn the conv has a bias and there is no BN."""
-    x, padding = _pad(x, kernel, rate, strides, name)
-    if depthwise:
-        x = keras.layers.DepthwiseConv2D(
-            kernel, strides=strides, padding=padding, dilation_rate=rate,
-            use_bias=config.fold_bn, depthwise_initializer="he_normal",
-            name=f"{name}_conv")(x)
-    else:
-        x = AtrousConv2D(filters, kernel, strides=strides, padding=padding,
-                         dilation_rate=rate, use_bias=config.fold_bn,
-                         kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    """Conv (or depthwise conv) + BN (+ activation): `{name}_{pad,conv,bn,act}`,
+    padded as the ResNet's convs (`backbone.symmetric_padding`, which is
+    torchvision's (kernel - 1) // 2 * rate a side for odd kernels); with
+    config.fold_bn the conv has a bias and there is no BN."""
+    if not depthwise:
+        x = conv_bn(x, filters, kernel, config, name, strides=strides, dilation_rate=rate,
+                    relu=False)
+        return _activation(x, activation, name)
+    x, padding = symmetric_padding(x, kernel, strides, rate, name)
+    x = keras.layers.DepthwiseConv2D(
+        kernel, strides=strides, padding=padding, dilation_rate=rate,
+        use_bias=config.fold_bn, depthwise_initializer="he_normal", name=f"{name}_conv")(x)
     if not config.fold_bn:
         x = batch_norm(x, config, f"{name}_bn")
     return _activation(x, activation, name)
