@@ -61,19 +61,24 @@ def write_page(path: str, title: str, body: Iterable[str]) -> str:
     return path
 
 
-def save_picture(directory: str, name: str, pixels: np.ndarray, max_side: int = 0) -> str:
+def resized(pixels: np.ndarray, size: tuple[int, int], photo: bool) -> np.ndarray:
+    """uint8 pixels ([H, W, 3] or a label map [H, W]) resized to (width, height):
+    bilinear for photos, nearest neighbour otherwise (label values and mask
+    colours stay exact)."""
+    image = Image.fromarray(np.asarray(pixels, np.uint8))
+    return np.asarray(image.resize(size, Image.BILINEAR if photo else Image.NEAREST))
+
+
+def save_picture(directory: str, name: str, pixels: np.ndarray) -> str:
     """Saves uint8 [H, W, 3] pixels under directory/pictures/; returns the path
     relative to `directory` for an <img src>. PNG (masks stay exact) unless the
-    name ends in .jpg. `max_side` > 0 shrinks larger pictures (nearest neighbour
-    for PNG masks, bilinear for JPEG photos)."""
+    name ends in .jpg."""
     image = Image.fromarray(np.asarray(pixels, np.uint8))
-    if max_side and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.BILINEAR if name.endswith(".jpg") else Image.NEAREST)
     os.makedirs(os.path.join(directory, "pictures"), exist_ok=True)
     relative = f"pictures/{name}"
-    image.save(os.path.join(directory, relative), quality=90) if name.endswith(".jpg") else \
+    if name.endswith(".jpg"):
+        image.save(os.path.join(directory, relative), quality=90)
+    else:
         image.save(os.path.join(directory, relative))
     return relative
 

@@ -106,18 +106,15 @@ def _shrunk(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
             max_side: int = PICTURE_SIDE):
     """uint8 copies of an image (bilinear) and its label and prediction (nearest)
     with the longest side at most `max_side`."""
-    from PIL import Image
-
     image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    label, prediction = label.astype(np.uint8), prediction.astype(np.uint8)
     height, width = label.shape
     scale = min(1.0, max_side / max(height, width))
     if scale == 1.0:
-        return image, label.astype(np.uint8), prediction.astype(np.uint8)
+        return image, label, prediction
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return (np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
-            np.asarray(Image.fromarray(label.astype(np.uint8)).resize(size, Image.NEAREST)),
-            np.asarray(Image.fromarray(prediction.astype(np.uint8)).resize(size,
-                                                                          Image.NEAREST)))
+    return (pages.resized(image, size, photo=True), pages.resized(label, size, photo=False),
+            pages.resized(prediction, size, photo=False))
 
 
 def error_map(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
@@ -168,17 +165,15 @@ def _examples(output_dir: str, setting: str, kind: str, entries, class_names,
     body = ['<div class="sheet">']
     for rank, (score, name, image, label, prediction, size) in enumerate(entries):
         stem = f"{setting}_{kind}{rank:02d}"
+        # The entries are uint8 and already at most PICTURE_SIDE (ImageRanking).
         pictures = [
-            (pages.save_picture(output_dir, f"{stem}_image.jpg", image, PICTURE_SIDE), "image"),
-            (pages.save_picture(output_dir, f"{stem}_label.png",
-                                colorize(label.astype(np.uint8), colours), PICTURE_SIDE),
+            (pages.save_picture(output_dir, f"{stem}_image.jpg", image), "image"),
+            (pages.save_picture(output_dir, f"{stem}_label.png", colorize(label, colours)),
              "ground truth"),
             (pages.save_picture(output_dir, f"{stem}_prediction.png",
-                                colorize(prediction.astype(np.uint8), colours), PICTURE_SIDE),
-             "prediction"),
+                                colorize(prediction, colours)), "prediction"),
             (pages.save_picture(output_dir, f"{stem}_errors.png",
-                                error_map(image, label, prediction, ignore_label), PICTURE_SIDE),
-             "errors"),
+                                error_map(image, label, prediction, ignore_label)), "errors"),
         ]
         present = sorted(set(np.unique(label).tolist()) | set(np.unique(prediction).tolist()))
         names = {c: class_names[c] if c < len(class_names) else f"void ({c})" for c in present}

@@ -1,7 +1,7 @@
 """Looking at segmentation records before training on them: statistics, warnings, a page.
 
 `inspect_records` reads every example of one or more splits the way training
-does (labels through `tf.io.decode_png(channels=1)`, as `schema.decode_segmentation`)
+does (`schema.decode_segmentation`: labels through `tf.io.decode_png(channels=1)`)
 and reports what the records can reveal about their labels:
 
   - label PNGs that are palette or RGB images: TensorFlow decodes their colours,
@@ -141,11 +141,10 @@ def _png_colour_type(data: bytes) -> str:
 
 def _parse(serialized):
     parsed = tf.io.parse_single_example(serialized, schema.SEGMENTATION_FEATURES)
-    image = tf.io.decode_image(parsed[schema.IMAGE_ENCODED], channels=3,
-                               expand_animations=False)
-    # As training decodes it (schema.decode_segmentation).
-    label = tf.io.decode_png(parsed[schema.LABEL_ENCODED], channels=1)[..., 0]
-    return image, label, parsed[schema.IMAGE_FILENAME], tf.strings.substr(parsed[schema.LABEL_ENCODED], 0, 26)
+    # As training decodes it; plus the label PNG's header, for its colour type.
+    example = schema.decode_parsed_segmentation(parsed)
+    return (example["image"], example["label"], example["filename"],
+            tf.strings.substr(parsed[schema.LABEL_ENCODED], 0, 26))
 
 
 def _check_segmentation_records(files: list[str]) -> None:
@@ -224,6 +223,12 @@ def _luminances(colours) -> np.ndarray:
     return np.unique(np.concatenate([np.floor(values), np.round(values)]).astype(int))
 
 
+def _other_values(stats: SplitStats, info: DatasetInfo) -> list[int]:
+    """Label values seen that are neither a class id nor the ignore label."""
+    return [int(v) for v in np.flatnonzero(stats.pixel_counts)
+            if v >= info.num_classes and v != info.ignore_label]
+
+
 def _share(part, whole) -> float:
     return float(part) / float(whole) if whole else 0.0
 
@@ -258,7 +263,7 @@ def findings(stats: SplitStats, info: DatasetInfo, thresholds: Thresholds = Thre
                 "indices (or convert the masks with research/deeplab's remove_gt_colormap.py)",
                 stats.label_type_examples[kind])
     values = np.flatnonzero(stats.pixel_counts)
-    outside = [int(v) for v in values if v >= num_classes and v != ignore]
+    outside = _other_values(stats, info)
     # Classes inferred from the data (no manifest) contain every value seen; palette
     # luminance then shows as a few sparse values far apart.
     nonzero = [int(v) for v in values if v and v != ignore]
@@ -390,14 +395,14 @@ def cross_split_findings(splits: Sequence[SplitStats]) -> list[Finding]:
     return found
 
 
-def describe(pattern: str, num_classes: int | None = None,
-             ignore_label: int | None = None) -> tuple[DatasetInfo, str]:
-    """The dataset description of a split: its manifest's, else one to be inferred.
+def describe(manifest: dict | None, path: str, num_classes: int | None = None,
+             ignore_label: int | None = None) -> tuple[DatasetInfo | None, str]:
+    """The dataset description of a split from its manifest (`records_manifest`).
 
     Returns:
-      (info, where it came from); num_classes 0 in info means "infer from data".
+      (info, where it came from); info is None when neither the manifest nor
+      `num_classes` describes the classes: they are then inferred from the data.
     """
-    manifest, path = records_manifest(pattern)
     if manifest and manifest.get("dataset"):
         info = DatasetInfo.from_dict(manifest["dataset"])
         source = f"manifest {path}"
@@ -451,8 +456,8 @@ def inspect_records(patterns: Sequence[str], output_dir: str,
     os.makedirs(output_dir, exist_ok=True)
     splits, infos, inferred_classes = [], [], []
     for pattern in patterns:
-        info, source = describe(pattern, num_classes, ignore_label)
-        manifest, _ = records_manifest(pattern)
+        manifest, manifest_path = records_manifest(pattern)
+        info, source = describe(manifest, manifest_path, num_classes, ignore_label)
         total = manifest.get("count", 0) if manifest else 0
         scanning = info or DatasetInfo("", ["class 0"], ignore_label=IGNORE_LABEL
                                        if ignore_label is None else ignore_label)
@@ -491,8 +496,7 @@ def _summary(stats: SplitStats, info: DatasetInfo, source: str) -> dict:
             "void_pixels": int(stats.pixel_counts[info.ignore_label]),
             "pixels": int(stats.pixel_counts.sum()),
             "other_values": {str(v): int(stats.pixel_counts[v])
-                             for v in np.flatnonzero(stats.pixel_counts)
-                             if v >= info.num_classes and v != info.ignore_label},
+                             for v in _other_values(stats, info)},
             "label_png_types": stats.label_types,
             "height": _quantiles(sizes[:, 0]), "width": _quantiles(sizes[:, 1])}
 
@@ -513,17 +517,14 @@ def _value_names(info: DatasetInfo) -> list[str]:
 def _sample_picture(image: np.ndarray, label: np.ndarray, info: DatasetInfo,
                     height: int = 160) -> np.ndarray:
     """Image and its mask overlay side by side, `height` pixels high."""
-    from PIL import Image
-
     if label.shape != image.shape[:2]:
-        label = np.asarray(Image.fromarray(label).resize(image.shape[1::-1], Image.NEAREST))
+        label = pages.resized(label, image.shape[1::-1], photo=False)
     blended = overlay(image, label, info.lookup(), background=background_class(info.class_names))
     scale = height / image.shape[0]
     size = (max(1, round(image.shape[1] * scale)), height)
-    left = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    right = np.asarray(Image.fromarray(blended).resize(size, Image.NEAREST))
     gap = np.full((height, 4, 3), 255, np.uint8)
-    return np.concatenate([left, gap, right], axis=1)
+    return np.concatenate([pages.resized(image, size, photo=True), gap,
+                           pages.resized(blended, size, photo=False)], axis=1)
 
 
 def _size_plot(sizes: Sequence[tuple[int, int]], crop_size) -> str:
@@ -587,9 +588,7 @@ def _split_section(output_dir, stats: SplitStats, info: DatasetInfo, crop_size) 
             + esc(", ".join(f"{k} {v}" for k, v in stats.label_types.items())) + ".</p>",
             "<h3>Classes</h3>"]
     rows = []
-    values = list(range(info.num_classes)) + [
-        int(v) for v in np.flatnonzero(stats.pixel_counts)
-        if v >= info.num_classes and v != info.ignore_label]
+    values = list(range(info.num_classes)) + _other_values(stats, info)
     for value in values:
         name = info.class_names[value] if value < info.num_classes else f"value {value} (not a class)"
         pixels = int(stats.pixel_counts[value])

@@ -122,7 +122,13 @@ def decode_segmentation(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     Returns:
       image: uint8 [H, W, 3]; label: int32 [H, W]; filename: string [].
     """
-    parsed = tf.io.parse_single_example(serialized, SEGMENTATION_FEATURES)
+    return decode_parsed_segmentation(
+        tf.io.parse_single_example(serialized, SEGMENTATION_FEATURES))
+
+
+def decode_parsed_segmentation(parsed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """`decode_segmentation` of an example already parsed with SEGMENTATION_FEATURES
+    (for readers that also want its raw fields)."""
     image = tf.io.decode_image(parsed[IMAGE_ENCODED], channels=3,
                                expand_animations=False)
     image.set_shape([None, None, 3])
