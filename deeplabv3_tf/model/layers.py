@@ -7,12 +7,13 @@ this module is imported.
 
 from __future__ import annotations
 
-import functools
-
 import keras
 import tensorflow as tf
 
 from deeplabv3_tf.config import NORMALIZATIONS
+from deeplabv3_tf.model.conv_kernels import (atrous_conv, atrous_conv_implementation,
+                                             conv1x1_matmul_gradients,
+                                             native_dilated_conv_supported)
 
 # The ImageNet mean of the Caffe ResNets (keras.applications), RGB order,
 # pixels in [0, 255]. Also the value padded images are filled with.
@@ -90,118 +91,15 @@ class ResizeLike(keras.layers.Layer):
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
 
-@functools.cache
-def native_dilated_conv_supported(dtype: str = "float32") -> bool:
-    """Whether dilated Conv2D and its gradients run natively in `dtype` here.
-
-    cuDNN does, in every dtype. On CPU, oneDNN (on by default in x86-64 Linux
-    builds) does in float32 and bfloat16; TensorFlow's own CPU kernels, which
-    also serve float16 on CPU, reject dilation in the backward pass ("Current
-    CPU implementations do not yet support dilation rates larger than 1").
-    Probed once per dtype with a tiny gradient computation on the CPU.
-    """
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    # The backward ops are called directly: init_scope (eager even while a
-    # tf.function is traced) does not record gradients.
-    with tf.init_scope(), tf.device("/cpu:0"):
-        x = tf.ones((1, 5, 5, 1), dtype)
-        kernel = tf.ones((3, 3, 1, 1), dtype)
-        options = dict(strides=[1, 1, 1, 1], padding="SAME", dilations=[1, 2, 2, 1])
-        try:
-            y = tf.raw_ops.Conv2D(input=x, filter=kernel, **options)
-            tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=kernel,
-                                           out_backprop=y, **options)
-            tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[3, 3, 1, 1],
-                                            out_backprop=y, **options)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
-                tf.errors.NotFoundError):
-            return False
-    return True
-
-
-@tf.custom_gradient
-def _conv1x1_matmul_gradients(inputs, kernel):
-    """A 1x1 conv whose gradients are computed as two matmuls.
-
-    [B, H, W, C] x [1, 1, C, O]: dx = dy @ k^T, dk = x^T @ dy over the B*H*W
-    positions. oneDNN's convolution filter gradient runs 1x1 convs at ~60% of
-    its matmul speed on large feature maps (R101 training: 6-9% faster steps).
-    """
-    outputs = tf.nn.conv2d(inputs, kernel, 1, "VALID")
-
-    def gradients(upstream):
-        channels, filters = kernel.shape[2], kernel.shape[3]
-        flat_x = tf.reshape(inputs, [-1, channels])
-        flat_dy = tf.reshape(tf.cast(upstream, inputs.dtype), [-1, filters])
-        matrix = tf.reshape(kernel, [channels, filters])
-        d_inputs = tf.reshape(tf.matmul(flat_dy, matrix, transpose_b=True), tf.shape(inputs))
-        d_kernel = tf.matmul(flat_x, flat_dy, transpose_a=True)[None, None]
-        return d_inputs, d_kernel
-
-    return outputs, gradients
-
-
-def _shifted_windows(size, offset):
-    """Output range [start, stop) whose input index (output + offset) is inside [0, size)."""
-    start = tf.maximum(0, -offset)
-    stop = tf.maximum(tf.minimum(size, size - offset), start)
-    return start, stop
-
-
-def _atrous_conv_tap_gradients(rate: tuple[int, int]):
-    """A stride-1 "same" atrous conv whose filter gradient is computed tap by tap.
-
-    dW[i, j] = x_shifted^T @ dy over the output positions where tap (i, j)
-    lands inside the input: the taps that only ever see padding cost nothing.
-    oneDNN's filter gradient computes every tap: for ASPP at output stride 16
-    on a 321x321 crop (21x21 features, rates 6/12/18) it takes 140 ms a step
-    in float32 where this takes 42. The input gradient stays the native op.
-    """
-
-    @tf.custom_gradient
-    def conv(inputs, kernel):
-        options = dict(strides=[1, 1, 1, 1], padding="SAME", dilations=[1, *rate, 1])
-        outputs = tf.raw_ops.Conv2D(input=inputs, filter=kernel, **options)
-
-        def gradients(upstream):
-            # The input slices below depend on the forward input only: without
-            # this dependency the executor cuts them out during the forward
-            # pass and holds them (up to 9 slices of the input) until the backward.
-            with tf.control_dependencies([upstream]):
-                upstream = tf.cast(upstream, inputs.dtype)
-                d_inputs = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(inputs), filter=kernel, out_backprop=upstream,
-                    **options)
-                height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
-                kh, kw, channels, filters = kernel.shape
-                rows = []
-                for i in range(kh):
-                    dy_ = (i - (kh - 1) // 2) * rate[0]
-                    y0, y1 = _shifted_windows(height, dy_)
-                    columns = []
-                    for j in range(kw):
-                        dx_ = (j - (kw - 1) // 2) * rate[1]
-                        x0, x1 = _shifted_windows(width, dx_)
-                        patch = tf.reshape(inputs[:, y0 + dy_:y1 + dy_, x0 + dx_:x1 + dx_, :],
-                                           [-1, channels])
-                        grad = tf.reshape(upstream[:, y0:y1, x0:x1, :], [-1, filters])
-                        columns.append(tf.matmul(patch, grad, transpose_a=True))
-                    rows.append(tf.stack(columns))
-                return d_inputs, tf.stack(rows)
-
-        return outputs, gradients
-
-    return conv
-
-
 @keras.saving.register_keras_serializable(package="deeplabv3_tf")
 class AtrousConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose atrous convolution runs as one native op.
 
-    In training (`training=True`), filter gradients are computed faster than
-    oneDNN does for two kinds of convs: 1x1 convs (as matmuls; strided ones
-    subsample first) and atrous convs (tap by tap, skipping the padding).
+    Stride-1 "same" atrous convs run natively, or as one matmul per kernel tap
+    with DEEPLABV3_ATROUS_CONV=taps (`conv_kernels.atrous_conv`). In training
+    (`training=True`), filter gradients are computed faster than oneDNN does
+    for two kinds of convs: 1x1 convs (as matmuls; strided ones subsample
+    first) and atrous convs (tap by tap, skipping the padding).
 
     Keras lowers a dilated conv through `tf.nn.convolution`, which rewrites it
     as SpaceToBatchND -> Conv2D -> BatchToSpaceND: the feature map is padded to
@@ -222,6 +120,7 @@ class AtrousConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if self.data_format != "channels_last":
             return super().convolution_op(inputs, kernel)
+        training = getattr(self, "_in_training", False)
         if self.kernel_size == (1, 1):
             # A strided 1x1 conv is a 1x1 conv of the subsampled input. oneDNN's
             # filter gradient of the strided form runs at a quarter of the speed.
@@ -229,16 +128,17 @@ class AtrousConv2D(keras.layers.Conv2D):
             if max(self.strides) > 1:
                 inputs = inputs[:, ::sh, ::sw, :]
             kernel = tf.cast(kernel, inputs.dtype)
-            if getattr(self, "_in_training", False):
-                return _conv1x1_matmul_gradients(inputs, kernel)
+            if training:
+                return conv1x1_matmul_gradients(inputs, kernel)
             return tf.nn.conv2d(inputs, kernel, 1, "VALID")
-        if (max(self.dilation_rate) == 1
-                or not native_dilated_conv_supported(tf.as_dtype(inputs.dtype).name)):
+        dtype = tf.as_dtype(inputs.dtype).name
+        if max(self.dilation_rate) == 1 or not native_dilated_conv_supported(dtype):
             return super().convolution_op(inputs, kernel)
         kernel = tf.cast(kernel, inputs.dtype)
-        if (getattr(self, "_in_training", False) and self.padding == "same"
-                and max(self.strides) == 1 and all(k % 2 for k in self.kernel_size)):
-            return _atrous_conv_tap_gradients(self.dilation_rate)(inputs, kernel)
+        if (self.padding == "same" and max(self.strides) == 1
+                and all(k % 2 for k in self.kernel_size)):
+            return atrous_conv(inputs, kernel, self.dilation_rate,
+                               atrous_conv_implementation(), training)
         return tf.nn.conv2d(inputs, kernel, strides=self.strides,
                             padding=self.padding.upper(), dilations=self.dilation_rate)
 
