@@ -20,6 +20,32 @@ def cluster_from_env() -> dict | None:
     return config if tasks > 1 else None
 
 
+# TensorFlow's coordination service declares a worker dead when it has not heard
+# its heartbeat for this long (TensorFlow's default: 10 s), and stops every worker.
+# A worker whose machine is loaded, or that is writing a checkpoint after a
+# SIGTERM, can miss 10 s of heartbeats while alive; a dead one is still found.
+HEARTBEAT_TIMEOUT_MS = 60_000
+
+
+def _configure_coordination_service() -> None:
+    """What MultiWorkerMirroredStrategy configures itself (a standalone service led
+    by the chief, or worker 0, coordinating the chief and workers), with
+    HEARTBEAT_TIMEOUT_MS; the strategy keeps a service configured before it."""
+    from tensorflow.python.eager import context
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+    if context.context().coordination_service is not None:
+        return
+    cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in cluster.jobs]
+    leader = "chief" if "chief" in cluster.jobs else "worker"
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{leader}/replica:0/task:0",
+        heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_MS,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(
+            name=job, num_tasks=cluster.num_tasks(job)) for job in jobs])
+
+
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """Builds a strategy.
 
@@ -32,6 +58,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "auto":
         name = "multi_worker" if cluster_from_env() else "mirrored"
     if name == "multi_worker":
+        _configure_coordination_service()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from deeplabv3_tf.data.tfrecord_builders import build_voc
+from deeplabv3_tf.distribute import HEARTBEAT_TIMEOUT_MS
 from deeplabv3_tf.synthetic import write_voc_dataset
 from tests.helpers import ROOT
 
@@ -106,6 +107,8 @@ MULTI_WORKER = textwrap.dedent("""
     result = train(experiment, sys.argv[2], progress=False, log=lambda m: None)
     np.savez(sys.argv[3], *[w.numpy() for w in result.model.weights])
     print("STEP", result.step, "PREEMPTED", result.preempted)
+    from tensorflow.python.eager import context
+    print("HEARTBEAT", context.context().coordination_service.heartbeat_timeout_in_ms)
 """)
 
 
@@ -151,6 +154,9 @@ def _finish(processes, tmp_path):
 def test_two_workers_train_and_agree(tmp_path):
     outputs = _finish(_start_workers(tmp_path, 3), tmp_path)
     assert all("STEP 3 PREEMPTED False" in out for out in outputs)
+    # The coordination service waits HEARTBEAT_TIMEOUT_MS, not TensorFlow's 10 s, for a
+    # worker's heartbeat before it stops the cluster.
+    assert all(f"HEARTBEAT {HEARTBEAT_TIMEOUT_MS}\n" in out for out in outputs)
     # The chief wrote the checkpoint and the experiment; the worker cleaned up.
     assert (tmp_path / "run" / "experiment.json").exists()
     assert list((tmp_path / "run").glob("ckpt-3.index"))
