@@ -17,7 +17,8 @@ One run prints:
              forward FLOPs), peak resident memory; and, with TensorFlow's BFC
              allocator on the CPU, the memory its tensors hold and peak at.
   serving    every signature of the exported SavedModel (float32 and
-             --precision bfloat16) next to the in-memory model (trained graph, no XLA).
+             --precision bfloat16) next to the in-memory graph it exports (BN
+             folded, same precision), also with requests of two sizes alternating.
   pipeline   record building with 1 and 2 workers; the 513x513 training input
              pipeline pinned to 1 core and to 2 cores (examples/s per core).
 
@@ -161,47 +162,81 @@ def section_serving(args):
     from deeplabv3_tf.experiments import voc_r101_os16
     from deeplabv3_tf.export import ExportOptions, export_saved_model, load_trained_model
     from deeplabv3_tf.inference import predict_labels
+    from deeplabv3_tf.model.fold import fold_batch_norm
 
-    size = 513
+    size, other = (513, 513), (385, 513)
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = random_weights_run(voc_r101_os16(), os.path.join(tmp, "run"))
+        experiment = voc_r101_os16()
+        run_dir = random_weights_run(experiment, os.path.join(tmp, "run"))
         model, _, _ = load_trained_model(run_dir)
         exports = {p: tf.saved_model.load(export_saved_model(
             run_dir, os.path.join(tmp, p), ExportOptions(precision=p), log=lambda _: None))
             for p in ("float32", "bfloat16")}
-        image = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), np.uint8)
+        # In memory, the graph each export holds: BN folded, in its precision.
+        graphs = {p: fold_batch_norm(model, experiment.model, p) for p in exports}
+        images = [rng.integers(0, 255, (1, *hw, 3), np.uint8) for hw in (size, other)]
         buffer = io.BytesIO()
-        Image.fromarray(image[0]).save(buffer, format="JPEG", quality=95)
+        Image.fromarray(images[0][0]).save(buffer, format="JPEG", quality=95)
         jpeg = tf.constant([buffer.getvalue()])
         example = tf.constant([tf.train.Example(features=tf.train.Features(feature={
             "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
                 value=[buffer.getvalue()]))})).SerializeToString()])
-        pixels = tf.constant(image)
-        single = tf.function(lambda x: predict_labels(model, tf.cast(x, tf.float32)))
-        multi = tf.function(lambda x: predict_labels(model, tf.cast(x, tf.float32), SCALES, True))
-        # The same work as the encoded_image signature: decode, predict, encode the mask.
-        decode_single = tf.function(lambda data: tf.io.encode_png(tf.cast(single(
-            tf.io.decode_image(data[0], channels=3, expand_animations=False)[None])[0, ..., None],
-            tf.uint8)))
-        rows = [("serving_default", lambda s: s["serving_default"](images=pixels),
-                 lambda: single(pixels)),
-                ("multiscale_flip", lambda s: s["multiscale_flip"](images=pixels),
-                 lambda: multi(pixels)),
-                ("encoded_image (JPEG)", lambda s: s["encoded_image"](images=jpeg),
-                 lambda: decode_single(jpeg)),
-                ("tf_example", lambda s: s["tf_example"](examples=example),
-                 lambda: decode_single(jpeg))]
-        print(f"R101 OS16 SavedModel, {size}x{size}, batch 1, median of {args.runs} "
-              "(multiscale_flip: 6 scales + flip, median of fewer)")
-        print(f"{'signature':<24}{'in-memory ms':>14}{'float32 ms':>12}{'ratio':>7}"
-              f"{'bfloat16 ms':>13}")
-        for name, exported, in_memory in rows:
+        pixels = [tf.constant(image) for image in images]
+
+        def in_memory(graph):
+            single = tf.function(lambda x: predict_labels(graph, tf.cast(x, tf.float32)))
+            multi = tf.function(lambda x: predict_labels(graph, tf.cast(x, tf.float32),
+                                                         SCALES, True))
+            # The same work as the encoded_image signature: decode, predict, encode the mask.
+            decode = tf.function(lambda data: tf.io.encode_png(tf.cast(single(
+                tf.io.decode_image(data[0], channels=3, expand_animations=False)[None])[0,
+                ..., None], tf.uint8)))
+            return {"serving_default": lambda: single(pixels[0]),
+                    "two sizes alternating": lambda: (single(pixels[0]), single(pixels[1])),
+                    "multiscale_flip": lambda: multi(pixels[0]),
+                    "encoded_image (JPEG)": lambda: decode(jpeg),
+                    "tf_example": lambda: decode(jpeg)}
+
+        def exported(signatures):
+            return {"serving_default": lambda: signatures["serving_default"](images=pixels[0]),
+                    "two sizes alternating": lambda: (
+                        signatures["serving_default"](images=pixels[0]),
+                        signatures["serving_default"](images=pixels[1])),
+                    "multiscale_flip": lambda: signatures["multiscale_flip"](images=pixels[0]),
+                    "encoded_image (JPEG)": lambda: signatures["encoded_image"](images=jpeg),
+                    "tf_example": lambda: signatures["tf_example"](examples=example)}
+
+        calls = {p: (in_memory(graphs[p]), exported(exports[p].signatures)) for p in exports}
+        print(f"R101 OS16 SavedModel, {size[0]}x{size[1]}, batch 1, median of {args.runs} "
+              f"(multiscale_flip: 6 scales + flip, median of fewer; two sizes: {size[0]}x"
+              f"{size[1]} then {other[0]}x{other[1]}, both); in memory: the BN-folded graph of "
+              "the same precision, called as the signature calls it")
+        print(f"{'signature':<24}{'float32: in memory':>20}{'export':>8}{'ratio':>7}"
+              f"{'bfloat16: in memory':>21}{'export':>8}{'ratio':>7}")
+        for name in calls["float32"][0]:
             runs = max(1, args.runs // 3) if name == "multiscale_flip" else args.runs
-            memory_s = median_seconds(in_memory, runs)
-            f32 = median_seconds(lambda: exported(exports["float32"].signatures), runs)
-            bf16 = median_seconds(lambda: exported(exports["bfloat16"].signatures), runs)
-            print(f"{name:<24}{memory_s * 1000:>14.0f}{f32 * 1000:>12.0f}"
-                  f"{f32 / memory_s:>7.2f}{bf16 * 1000:>13.0f}", flush=True)
+            line = f"{name:<24}"
+            for precision, width in (("float32", 20), ("bfloat16", 21)):
+                memory_call, export_call = (c[name] for c in calls[precision])
+                # Alternating, so that both see the same machine.
+                times = median_pair(memory_call, export_call, runs)
+                line += (f"{times[0] * 1000:>{width}.0f}{times[1] * 1000:>8.0f}"
+                         f"{times[1] / times[0]:>7.2f}")
+            print(line, flush=True)
+
+
+def median_pair(first, second, runs):
+    """Median seconds of `first()` and of `second()`, called in turn `runs` times each."""
+    for call in (first, second):
+        call()
+    times = ([], [])
+    for _ in range(runs):
+        for call, kept in zip((first, second), times):
+            start = time.perf_counter()
+            tf.nest.map_structure(np.asarray, call())
+            kept.append(time.perf_counter() - start)
+    return tuple(float(np.median(t)) for t in times)
 
 
 def pipeline_child(records, batches):

@@ -31,7 +31,8 @@ from __future__ import annotations
 import keras
 
 from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.model.layers import AtrousConv2D, FusedBatchNormalization, InputNormalization
+from deeplabv3_tf.model.layers import (AtrousConv2D, FusedBatchNormalization, InputNormalization,
+                                       ResidualAdd)
 
 BACKBONE_NAME = "backbone"
 # Nominal stride of each stage; stages past config.output_stride dilate instead.
@@ -120,7 +121,7 @@ def bottleneck(x, filters: int, strides: int, dilation_rate: int,
     y = conv_bn(y, filters, 3, config, f"{name}_2", strides=stride_3x3,
                 dilation_rate=dilation_rate)
     y = conv_bn(y, out_channels, 1, config, f"{name}_3", relu=False)
-    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    y = ResidualAdd(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 

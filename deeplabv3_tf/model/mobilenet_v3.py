@@ -51,7 +51,7 @@ import keras
 
 from deeplabv3_tf.config import ModelConfig
 from deeplabv3_tf.model.backbone import BACKBONE_NAME, batch_norm, conv_bn, symmetric_padding
-from deeplabv3_tf.model.layers import InputNormalization
+from deeplabv3_tf.model.layers import InputNormalization, ResidualAdd
 
 BN_EPSILON = 1e-3
 AUX_ENDPOINT = "c3_block1"
@@ -179,7 +179,7 @@ def inverted_residual(x, block: dict, config: ModelConfig):
         y = squeeze_excite(y, block["se"], f"{name}_se")
     y = conv_bn_act(y, block["output"], 1, config, f"{name}_project", None)
     if block["stride"] == 1 and block["input"] == block["output"]:
-        y = keras.layers.Add(name=f"{name}_add")([x, y])
+        y = ResidualAdd(name=f"{name}_add")([x, y])
     return y
 
 
