@@ -102,10 +102,15 @@ class ResidualAdd(keras.layers.Add):
     residual adds and ReLUs of an R101 run as separate ops over whole feature
     maps (bfloat16 multi-scale + flip: 7.6 s against 7.1 s traced at a known
     size, on the AMD EPYC). AddN needs no proof: its inputs have one shape by
-    definition. Same function, no weights.
+    definition. So the add is an AddN where the feature map's size is unknown,
+    and stays Keras' AddV2 where it is known (grappler proves it there, and
+    LiteRT quantises ADD to int8 but has no int8 ADD_N). Same function, no
+    weights.
     """
 
     def _merge_function(self, inputs):
+        if all(None not in tuple(x.shape)[1:] for x in inputs):
+            return super()._merge_function(inputs)
         return tf.add_n(list(inputs))
 
 

@@ -203,8 +203,8 @@ def test_native_dilated_conv_probe_says_what_the_gradient_does(dtype):
 
 @pytest.mark.parametrize("make_config", [tiny_config, tiny_mobilenet_config])
 def test_residual_adds_are_addn_ops_in_graphs_of_unknown_size(make_config):
-    """Every residual add is one AddN (which grappler fuses into the conv before it
-    without knowing the image size), and computes Keras' Add."""
+    """Every residual add is one AddN where the image size is unknown (grappler fuses
+    it into the conv before it without proving shapes equal), and computes Keras' Add."""
     config = make_config()
     model = fold_batch_norm(build_deeplabv3(config), config)
     adds = [layer for layer in model.get_layer("backbone").layers
@@ -213,6 +213,10 @@ def test_residual_adds_are_addn_ops_in_graphs_of_unknown_size(make_config):
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec([None, None, None, 3], tf.float32)).graph
     assert sum(op.type == "AddN" for op in graph.get_operations()) == len(adds)
+    # At a known size grappler fuses Keras' AddV2 itself (and LiteRT has no int8 ADD_N).
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, 65, 65, 3], tf.float32)).graph
+    assert not any(op.type == "AddN" for op in graph.get_operations())
     a, b = (np.random.default_rng(i).normal(size=(2, 5, 7, 3)).astype(np.float32)
             for i in (0, 1))
     np.testing.assert_array_equal(layers.ResidualAdd()([a, b]).numpy(),
