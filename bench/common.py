@@ -26,6 +26,21 @@ def median_seconds(fn, runs: int, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
+def median_pair(first, second, runs):
+    """Median seconds of `first()` and of `second()`, called in turn `runs` times each
+    (after one untimed call of each), so that both see the machine in the same state;
+    results are fetched (np.asarray of every tensor returned)."""
+    for call in (first, second):
+        call()
+    times = ([], [])
+    for _ in range(runs):
+        for call, kept in zip((first, second), times):
+            start = time.perf_counter()
+            tf.nest.map_structure(np.asarray, call())
+            kept.append(time.perf_counter() - start)
+    return tuple(float(np.median(t)) for t in times)
+
+
 def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> float:
     """GFLOP/s of a size x size `tf.matmul` (2 * size**3 FLOPs) in this process."""
     a = tf.random.uniform((size, size), dtype=tf.float32)

@@ -33,6 +33,7 @@ import collections
 import ctypes
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,6 @@ def parse_shape_flops(kind: str, shape: str) -> float | None:
     same count for forward, backward data and backward weights). Matmuls:
     "882x1024:1024x256" or with batch dimensions "2x882x1024:2x1024x256".
     """
-    import re
-
     if kind == "convolution":
         fields = dict((k, int(v)) for k, v in re.findall(r"([a-z]+)(\d+)", shape))
         try:
@@ -76,6 +75,7 @@ def parse_shape_flops(kind: str, shape: str) -> float | None:
 
 def summarise(lines: list[str], wall: float, peaks: dict[str, float], top: int) -> None:
     by_impl, by_shape, flops = collections.Counter(), collections.Counter(), {}
+    calls = collections.Counter()
     count, reorders, reorder_ms = 0, 0, 0.0
     for line in lines:
         fields = line.split(",")
@@ -90,6 +90,7 @@ def summarise(lines: list[str], wall: float, peaks: dict[str, float], top: int) 
         dtype = "bfloat16" if "bf16" in line else "float32"
         by_impl[(kind, impl, prop)] += ms
         by_shape[(kind, impl, prop, shape, dtype)] += ms
+        calls[(kind, impl, prop, shape, dtype)] += 1
         flops.setdefault((kind, shape), parse_shape_flops(kind, shape))
         count += 1
         if kind == "reorder" and any(f in line for f in WEIGHT_SOURCE):
@@ -103,15 +104,14 @@ def summarise(lines: list[str], wall: float, peaks: dict[str, float], top: int) 
     for (kind, impl, prop), ms in by_impl.most_common(top):
         print(f"  {ms:8.1f} ms {ms / max(total, 1e-9):6.1%}  {kind:<13} {impl:<44} {prop}")
     print("slowest shapes (GFLOP/s every tap counted, and as % of the matmul peak):")
-    for (kind, impl, prop, shape, dtype), ms in by_shape.most_common(top):
-        calls = sum(1 for line in lines if shape in line and f",{prop}," in line
-                    and f",{impl}," in line)
+    for key, ms in by_shape.most_common(top):
+        kind, impl, prop, shape, dtype = key
         f = flops.get((kind, shape))
         rate = ""
         if f and ms > 0:
-            gflops = calls * f / (ms / 1000) / 1e9
+            gflops = calls[key] * f / (ms / 1000) / 1e9
             rate = f"{gflops:6.0f} GFLOP/s {100 * gflops / peaks[dtype]:4.0f}%"
-        print(f"  {ms:8.1f} ms x{calls:<3} {rate:<22} {kind[:5]:<5} {prop[:16]:<16} "
+        print(f"  {ms:8.1f} ms x{calls[key]:<3} {rate:<22} {kind[:5]:<5} {prop[:16]:<16} "
               f"{impl[:32]:<32} {shape[:80]}")
 
 

@@ -37,8 +37,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (describe_cpu, matmul_peak_gflops, median_seconds, peak_rss_mib,  # noqa: E402
-                    r101_training_step, random_weights_run, run_child)
+from common import (describe_cpu, matmul_peak_gflops, median_pair, median_seconds,  # noqa: E402
+                    peak_rss_mib, r101_training_step, random_weights_run, run_child)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -224,19 +224,6 @@ def section_serving(args):
                 line += (f"{times[0] * 1000:>{width}.0f}{times[1] * 1000:>8.0f}"
                          f"{times[1] / times[0]:>7.2f}")
             print(line, flush=True)
-
-
-def median_pair(first, second, runs):
-    """Median seconds of `first()` and of `second()`, called in turn `runs` times each."""
-    for call in (first, second):
-        call()
-    times = ([], [])
-    for _ in range(runs):
-        for call, kept in zip((first, second), times):
-            start = time.perf_counter()
-            tf.nest.map_structure(np.asarray, call())
-            kept.append(time.perf_counter() - start)
-    return tuple(float(np.median(t)) for t in times)
 
 
 def pipeline_child(records, batches):

@@ -173,30 +173,25 @@ def _filter_gradient_by_taps(inputs, upstream, kernel_shape, rate):
                      for i in range(kh)])
 
 
-def _conv_by_taps(inputs, kernel, rate):
-    """The stride-1 "same" atrous conv as one matmul per tap (module doc)."""
-    channels, filters = kernel.shape[2], kernel.shape[3]
-    taps, height, width = _taps(inputs, kernel.shape, rate)
-    batch = tf.shape(inputs)[0]
+def _sum_of_tap_matmuls(values, kernel, like, rate, backward: bool):
+    """Sum over the taps of `values` shifted, times the tap's matrix, placed in a map
+    the size of `like` (module doc).
+
+    Forward (`values` the input x): y[p] = sum_t x[p + offset_t] @ W_t.
+    Backward (`values` the output gradient dy): dx[p + offset_t] += dy[p] @ W_t^T.
+    """
+    taps, height, width = _taps(like, kernel.shape, rate)
+    batch = tf.shape(values)[0]
+    channels = kernel.shape[3] if backward else kernel.shape[2]  # of `values`
+    filters = kernel.shape[2] if backward else kernel.shape[3]  # of the result
     parts = []
     for i, j, dy, dx, (y0, y1), (x0, x1) in taps:
-        patch = tf.reshape(inputs[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx, :], [-1, channels])
-        part = tf.reshape(tf.matmul(patch, kernel[i, j]), [batch, y1 - y0, x1 - x0, filters])
-        parts.append(_place(part, (y0, y1), (x0, x1), (0, 0), height, width))
-    return tf.add_n(parts)
-
-
-def _input_gradient_by_taps(upstream, kernel, inputs_like, rate):
-    """dx of `_conv_by_taps`: dx[p + offset_t] += dy[p] @ W_t^T over the same outputs."""
-    channels = kernel.shape[2]
-    taps, height, width = _taps(inputs_like, kernel.shape, rate)
-    batch = tf.shape(upstream)[0]
-    parts = []
-    for i, j, dy, dx, (y0, y1), (x0, x1) in taps:
-        grad = tf.reshape(upstream[:, y0:y1, x0:x1, :], [-1, kernel.shape[3]])
-        part = tf.reshape(tf.matmul(grad, kernel[i, j], transpose_b=True),
-                          [batch, y1 - y0, x1 - x0, channels])
-        parts.append(_place(part, (y0, y1), (x0, x1), (dy, dx), height, width))
+        read, write = ((0, 0), (dy, dx)) if backward else ((dy, dx), (0, 0))
+        window = values[:, y0 + read[0]:y1 + read[0], x0 + read[1]:x1 + read[1], :]
+        part = tf.matmul(tf.reshape(window, [-1, channels]), kernel[i, j],
+                         transpose_b=backward)
+        part = tf.reshape(part, [batch, y1 - y0, x1 - x0, filters])
+        parts.append(_place(part, (y0, y1), (x0, x1), write, height, width))
     return tf.add_n(parts)
 
 
@@ -206,21 +201,20 @@ def atrous_conv(inputs, kernel, rate: tuple[int, int], implementation: str = "na
     (odd kh, kw) at dilation `rate`, computed by `implementation` ("native" or
     "taps", module doc). With `training`, the filter gradient is computed by taps
     either way (and, for "taps", the input gradient too)."""
-    if implementation not in ("native", "taps"):
+    if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: choose 'native' or 'taps'.")
     options = dict(strides=[1, 1, 1, 1], padding="SAME", dilations=[1, *rate, 1])
-    if implementation == "native" and not training:
+
+    def forward(inputs, kernel):
+        if implementation == "taps":
+            return _sum_of_tap_matmuls(inputs, kernel, inputs, rate, backward=False)
         return tf.raw_ops.Conv2D(input=inputs, filter=kernel, **options)
-    if implementation == "taps" and not training:
-        return _conv_by_taps(inputs, kernel, rate)
+
+    if not training:
+        return forward(inputs, kernel)
 
     @tf.custom_gradient
     def conv(inputs, kernel):
-        if implementation == "taps":
-            outputs = _conv_by_taps(inputs, kernel, rate)
-        else:
-            outputs = tf.raw_ops.Conv2D(input=inputs, filter=kernel, **options)
-
         def gradients(upstream):
             # The input slices below depend on the forward input only: without
             # this dependency the executor cuts them out during the forward
@@ -228,7 +222,8 @@ def atrous_conv(inputs, kernel, rate: tuple[int, int], implementation: str = "na
             with tf.control_dependencies([upstream]):
                 upstream = tf.cast(upstream, inputs.dtype)
                 if implementation == "taps":
-                    d_inputs = _input_gradient_by_taps(upstream, kernel, inputs, rate)
+                    d_inputs = _sum_of_tap_matmuls(upstream, kernel, inputs, rate,
+                                                   backward=True)
                 else:
                     d_inputs = tf.raw_ops.Conv2DBackpropInput(
                         input_sizes=tf.shape(inputs), filter=kernel, out_backprop=upstream,
@@ -236,6 +231,6 @@ def atrous_conv(inputs, kernel, rate: tuple[int, int], implementation: str = "na
                 d_kernel = _filter_gradient_by_taps(inputs, upstream, kernel.shape, rate)
                 return d_inputs, d_kernel
 
-        return outputs, gradients
+        return forward(inputs, kernel), gradients
 
     return conv(inputs, kernel)
