@@ -115,6 +115,7 @@ def test_fused_batch_norm_equals_keras_batch_norm(policy):
 def _randomised_model(config):
     """Random BN scales and shifts; moving statistics those of a batch of images
     (then perturbed), so that activations stay O(1) through the network."""
+    keras.utils.set_random_seed(2)
     model = build_deeplabv3(config)
     rng = np.random.default_rng(2)
     norms = [layer for layer in model.get_layer("backbone").layers + model.layers
@@ -147,7 +148,9 @@ def test_folded_graph_equals_trained_graph(make_config):
     # Logits that vary across the image: every layer's folding shows in them.
     # (0.07 and 0.04 of the largest here; uncalibrated BN statistics gave 0.005.)
     assert expected.std(axis=(1, 2)).mean() > 0.02 * np.abs(expected).max()
-    np.testing.assert_allclose(actual, expected, atol=1e-5 * np.abs(expected).max())
+    # Folding reorders float32 round-off through every layer: 0.25e-5 to 1.05e-5 of the
+    # largest logit over random initialisations; one BN folded 1 % off gives 4e-3 to 1e-2.
+    np.testing.assert_allclose(actual, expected, atol=1e-4 * np.abs(expected).max())
 
 
 def test_bfloat16_folded_graph_is_close_to_float32():
