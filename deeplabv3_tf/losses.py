@@ -1,8 +1,10 @@
-"""Losses as (sum, normaliser) pairs, so that replicas can share one normaliser.
+"""Losses as sums, with the normaliser each one is divided by counted apart.
 
-The training step divides each replica's sum by the normaliser summed over
-all replicas (the whole global batch), so the loss and its gradient are the
-same for any number of replicas.
+The normaliser (non-ignored pixels, or examples) depends on the labels only:
+the training step sums it over all replicas (the whole global batch) before
+the forward pass and divides each replica's loss sum by it, so the loss and
+its gradient are the same for any number of replicas, and the backward pass
+starts from the normalised loss (no division of every gradient afterwards).
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import tensorflow as tf
 from deeplabv3_tf.classes import IGNORE_LABEL
 
 
-def segmentation_loss_terms(labels, logits, ignore_label: int = IGNORE_LABEL,
-                            class_weights=None):
-    """Softmax cross-entropy summed over non-ignored pixels, and their count.
+def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, class_weights=None):
+    """Softmax cross-entropy summed over non-ignored pixels.
 
     Args:
       labels: int32 [B, H, W] class ids or `ignore_label`.
@@ -23,7 +24,7 @@ def segmentation_loss_terms(labels, logits, ignore_label: int = IGNORE_LABEL,
       class_weights: Optional float [C] per-class weights of the pixel losses.
 
     Returns:
-      (sum of weighted cross-entropy float32 [], number of non-ignored pixels float32 []).
+      The sum of the (weighted) cross-entropies, float32 [].
     """
     labels = tf.cast(labels, tf.int32)
     valid = tf.not_equal(labels, ignore_label)
@@ -33,19 +34,28 @@ def segmentation_loss_terms(labels, logits, ignore_label: int = IGNORE_LABEL,
     weights = tf.cast(valid, tf.float32)
     if class_weights is not None:
         weights *= tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
-    return tf.reduce_sum(cross_entropy * weights), tf.reduce_sum(tf.cast(valid, tf.float32))
+    return tf.reduce_sum(cross_entropy * weights)
 
 
-def multilabel_loss_terms(targets, logits):
-    """Sigmoid cross-entropy summed over classes and examples, and the example count.
+def valid_pixel_count(labels, ignore_label: int = IGNORE_LABEL):
+    """The segmentation loss's normaliser: pixels of `labels` that are not `ignore_label`,
+    float32 [] (class weights do not enter it)."""
+    return tf.reduce_sum(tf.cast(tf.not_equal(tf.cast(labels, tf.int32), ignore_label),
+                                 tf.float32))
+
+
+def multilabel_loss_sum(targets, logits):
+    """Sigmoid cross-entropy summed over classes and examples, float32 [].
 
     Args:
       targets: float [B, C] multi-hot or confidence targets in [0, 1].
       logits: float [B, C].
-
-    Returns:
-      (sum float32 [], number of examples float32 []).
     """
     loss = tf.nn.sigmoid_cross_entropy_with_logits(
         labels=tf.cast(targets, tf.float32), logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(loss), tf.cast(tf.shape(logits)[0], tf.float32)
+    return tf.reduce_sum(loss)
+
+
+def example_count(targets):
+    """The multi-label loss's normaliser: the examples of `targets` [B, C], float32 []."""
+    return tf.cast(tf.shape(targets)[0], tf.float32)

@@ -37,7 +37,8 @@ from deeplabv3_tf.distribute import is_chief, make_strategy, set_precision
 from deeplabv3_tf.evaluate import evaluate_model
 from deeplabv3_tf.experiments import (
     EXPERIMENT_FILE, ExperimentConfig, check_records_classes, load_experiment, save_experiment)
-from deeplabv3_tf.losses import multilabel_loss_terms, segmentation_loss_terms
+from deeplabv3_tf.losses import (
+    example_count, multilabel_loss_sum, segmentation_loss_sum, valid_pixel_count)
 from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
 from deeplabv3_tf.model import AUX_LOGITS, LOGITS, build_deeplabv3
 from deeplabv3_tf.model.classifier import build_classifier
@@ -195,10 +196,11 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     over every replica of every worker, so all workers learn at the same step
     that one of them is being preempted, and all save and stop together.
 
-    Each replica computes the gradient of its loss *sum*; it is divided by the
-    normaliser summed over all replicas (non-ignored pixels, or examples), and
-    `apply_gradients` sums the replicas' gradients: the update is the gradient
-    of the global-batch mean, for any number of replicas.
+    The normaliser (non-ignored pixels, or examples) depends on the labels
+    only: it is summed over all replicas before the forward pass, and each
+    replica takes the gradient of its loss sum divided by it. `apply_gradients`
+    sums the replicas' gradients: the update is the gradient of the
+    global-batch mean, for any number of replicas.
     """
     tc = experiment.train
     replicas = strategy.num_replicas_in_sync
@@ -207,59 +209,61 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     num_classes = experiment.model.num_classes
     ignore_label = experiment.data.ignore_label
 
-    def forward_backward(batch):
+    def forward_backward(batch, total):
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
             if segmentation:
                 aux_outputs = None
                 if isinstance(outputs, dict):
                     outputs, aux_outputs = outputs[LOGITS], outputs[AUX_LOGITS]
-                loss_sum, count = segmentation_loss_terms(
+                loss_sum = segmentation_loss_sum(
                     batch["label"], outputs, ignore_label, tc.class_weights)
                 if aux_outputs is not None:
                     # Same pixels, same normaliser: the aux loss is a weighted extra term.
-                    aux_sum, _ = segmentation_loss_terms(
+                    loss_sum += tc.aux_loss_weight * segmentation_loss_sum(
                         batch["label"], aux_outputs, ignore_label, tc.class_weights)
-                    loss_sum += tc.aux_loss_weight * aux_sum
             else:
-                loss_sum, count = multilabel_loss_terms(batch["target"], outputs)
-            scaled = optimizer.scale_loss(loss_sum)
+                loss_sum = multilabel_loss_sum(batch["target"], outputs)
+            # Divided before the backward pass: one division, not one per gradient.
+            loss = loss_sum / total
+            scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         predictions = (tf.argmax(outputs, axis=-1, output_type=tf.int32) if segmentation
                        else tf.zeros([], tf.int32))
-        return grads, loss_sum, count, predictions
+        return grads, loss, predictions
 
     if tc.jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def normalised(gradient, variable, decays, total, scale):
+    def with_weight_decay(gradient, variable, decays, decay):
         # Weight decay (d/dw of wd/2 |w|^2) is shared out over the replicas so
         # that the cross-replica sum adds it once. The control dependency keeps
         # the executor from computing wd * w for every kernel at the start of
         # the step (it depends on the weights only) and holding those copies
         # through the forward and backward passes.
+        if not decays:
+            return gradient
         with tf.control_dependencies([gradient]):
-            if not decays:
-                return gradient / total
-            return gradient / total + (tc.weight_decay * scale / replicas) * tf.cast(
-                variable, gradient.dtype)
+            return gradient + tf.cast(decay, gradient.dtype) * tf.cast(variable, gradient.dtype)
 
     def replica_step(batch, stop):
-        grads, loss_sum, count, predictions = forward_backward(batch)
+        # One collective carries both the loss normaliser and the stop flag.
+        count = (valid_pixel_count(batch["label"], ignore_label) if segmentation
+                 else example_count(batch["target"]))
+        context = tf.distribute.get_replica_context()
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([count, stop]))
+        total = tf.maximum(reduced[0], 1.0)
+        grads, loss, predictions = forward_backward(batch, total)
         # Outside the XLA-compiled part: the confusion matrix has dynamic shapes.
         if segmentation:
             matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
         else:
             matrix = tf.zeros([num_classes, num_classes], tf.int64)
-        # One collective carries both the loss normaliser and the stop flag.
-        context = tf.distribute.get_replica_context()
-        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([count, stop]))
-        total = tf.maximum(reduced[0], 1.0)
-        scale = optimizer.scale_loss(tf.constant(1.0))
-        grads = [normalised(g, v, d, total, scale)
+        decay = tc.weight_decay * optimizer.scale_loss(tf.constant(1.0)) / replicas
+        grads = [with_weight_decay(g, v, d, decay)
                  for g, v, d in zip(grads, model.trainable_variables, decayed)]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss_sum / total, matrix, reduced[1]
+        return loss, matrix, reduced[1]
 
     @tf.function
     def distributed_step(batch, stop):
