@@ -138,3 +138,31 @@ def test_implementation_choice(monkeypatch):
     monkeypatch.setenv(conv_kernels.ENVIRONMENT_VARIABLE, "fast")
     with pytest.raises(ValueError, match="DEEPLABV3_ATROUS_CONV='fast'"):
         atrous_conv_implementation()
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["known", "unknown"])
+@pytest.mark.parametrize("strides", [(2, 2), (3, 2), (1, 1)])
+def test_subsample_equals_strided_slice(strides, dynamic):
+    # Odd, even and mixed sizes; values exact (a copy), gradients exact (a scatter).
+    rng = np.random.default_rng(4)
+    sh, sw = strides
+    for size in [(7, 9), (8, 8), (5, 6)]:
+        x = rng.normal(size=(2, *size, 3)).astype(np.float32)
+        upstream = rng.normal(size=(2, -(-size[0] // sh), -(-size[1] // sw), 3))
+        upstream = tf.constant(upstream, tf.float32)
+        spec = tf.TensorSpec([None, None, None, 3] if dynamic else x.shape, tf.float32)
+
+        def value_and_gradient(function):
+            @tf.function(input_signature=[spec])
+            def run(inputs):
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    y = function(inputs)
+                    loss = tf.reduce_sum(y * upstream)
+                return y, tape.gradient(loss, inputs)
+            return [t.numpy() for t in run(tf.constant(x))]
+
+        expected = value_and_gradient(lambda t: t[:, ::sh, ::sw, :])
+        actual = value_and_gradient(lambda t: conv_kernels.subsample(t, strides))
+        np.testing.assert_array_equal(actual[0], expected[0])
+        np.testing.assert_array_equal(actual[1], expected[1])
