@@ -77,23 +77,14 @@ def summarise(lines: list[str], wall: float, peaks: dict[str, float], top: int) 
     by_impl, by_shape, flops = collections.Counter(), collections.Counter(), {}
     calls = collections.Counter()
     count, reorders, reorder_ms = 0, 0, 0.0
-    for line in lines:
-        fields = line.split(",")
-        if len(fields) < 8 or fields[0] != "onednn_verbose" or "exec" not in fields:
-            continue
-        try:
-            ms = float(fields[-1])
-        except ValueError:
-            continue
-        i = fields.index("exec")
-        kind, impl, prop, shape = fields[i + 2], fields[i + 3], fields[i + 4], fields[-2]
+    for kind, impl, prop, shape, ms, line in executions(lines):
         dtype = "bfloat16" if "bf16" in line else "float32"
         by_impl[(kind, impl, prop)] += ms
         by_shape[(kind, impl, prop, shape, dtype)] += ms
         calls[(kind, impl, prop, shape, dtype)] += 1
         flops.setdefault((kind, shape), parse_shape_flops(kind, shape))
         count += 1
-        if kind == "reorder" and any(f in line for f in WEIGHT_SOURCE):
+        if kind == "reorder" and is_weight_reorder(line):
             reorders += 1
             reorder_ms += ms
     total = sum(by_impl.values())
@@ -113,6 +104,52 @@ def summarise(lines: list[str], wall: float, peaks: dict[str, float], top: int) 
             rate = f"{gflops:6.0f} GFLOP/s {100 * gflops / peaks[dtype]:4.0f}%"
         print(f"  {ms:8.1f} ms x{calls[key]:<3} {rate:<22} {kind[:5]:<5} {prop[:16]:<16} "
               f"{impl[:32]:<32} {shape[:80]}")
+
+
+def marked_call(run) -> None:
+    """Calls `run` once between two markers on stdout, the second with the wall time.
+
+    oneDNN writes its verbose lines through C's stdio: flushing it before each
+    marker keeps them on the right side (`marked_lines` reads them back)."""
+    libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    os.write(1, f"\n{START}\n".encode())
+    start = time.perf_counter()
+    run()
+    wall = time.perf_counter() - start
+    libc.fflush(None)
+    os.write(1, f"\n{END} {wall}\n".encode())
+
+
+def marked_lines(stdout: str) -> tuple[list[str], float] | None:
+    """The lines between `marked_call`'s markers and its wall time in seconds; None
+    when the markers are missing (the child failed)."""
+    lines = stdout.splitlines()
+    try:
+        first = lines.index(START)
+        last = next(i for i, line in enumerate(lines) if line.startswith(END))
+    except (ValueError, StopIteration):
+        return None
+    return lines[first + 1:last], float(lines[last].split()[1])
+
+
+def executions(lines: list[str]):
+    """(kind, implementation, propagation, shape, milliseconds, line) of every oneDNN
+    primitive execution among verbose `lines` (TensorFlow's and torch's oneDNN alike)."""
+    for line in lines:
+        fields = line.split(",")
+        if len(fields) < 8 or fields[0] != "onednn_verbose" or "exec" not in fields:
+            continue
+        try:
+            ms = float(fields[-1])
+        except ValueError:
+            continue
+        i = fields.index("exec")
+        yield fields[i + 2], fields[i + 3], fields[i + 4], fields[-2], ms, line
+
+
+def is_weight_reorder(line: str) -> bool:
+    return any(f in line for f in WEIGHT_SOURCE)
 
 
 def frozen_graph(model, shape):
@@ -179,14 +216,8 @@ def child(args) -> None:
                 return function(image)
     for _ in range(3):
         run()
+    marked_call(lambda: np.asarray(run()))
     libc = ctypes.CDLL(None)
-    libc.fflush(None)
-    os.write(1, f"\n{START}\n".encode())
-    start = time.perf_counter()
-    np.asarray(run())
-    wall = time.perf_counter() - start
-    libc.fflush(None)
-    os.write(1, f"\n{END} {wall}\n".encode())
     peaks = {"float32": matmul_peak_gflops(tf.float32, runs=3),
              "bfloat16": matmul_peak_gflops(tf.bfloat16, runs=3)}
     libc.fflush(None)
@@ -215,18 +246,15 @@ def main():
     env = dict(os.environ, ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env,
                          capture_output=True, text=True)
-    lines = out.stdout.splitlines()
-    try:
-        first = lines.index(START)
-        last = next(i for i, line in enumerate(lines) if line.startswith(END))
-        peak_line = next(line for line in lines if line.startswith("@@peaks@@"))
-    except (ValueError, StopIteration):
+    marked = marked_lines(out.stdout)
+    peak_line = next((line for line in out.stdout.splitlines()
+                      if line.startswith("@@peaks@@")), None)
+    if marked is None or peak_line is None:
         print(out.stdout[-2000:], out.stderr[-3000:])
         raise SystemExit("the measuring child failed")
-    wall = float(lines[last].split()[1])
     f32, bf16 = (float(v) for v in peak_line.split()[1:])
     print(f"matmul peak in the same process: float32 {f32:.0f}, bfloat16 {bf16:.0f} GFLOP/s")
-    summarise(lines[first + 1:last], wall, {"float32": f32, "bfloat16": bf16}, args.top)
+    summarise(*marked, {"float32": f32, "bfloat16": bf16}, args.top)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,15 @@ bfloat16, and the training step in float32 and mixed_bfloat16 (SGD momentum
 cores, like TensorFlow's. Skipped, with a message, where torch is missing.
 
 "ratio" is torch's time over this project's: > 1 means faster here.
+
+With --kernels, each side runs one call of each row with oneDNN's verbose log
+on (torch's convolutions run in oneDNN too) and the rows print, per side, the
+wall time of that call, the time inside oneDNN by primitive kind, and the rest
+(ops outside oneDNN, framework overhead). This project runs one op at a time
+(inter-op parallelism 1) so that its kernel times add up, as torch's eager ops
+do; torch runs channels_last. "weight reorders" counts reorders from
+TensorFlow's HWIO filter layout, so only this project's side shows them. A
+verbose call is slower than an unlogged one.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import describe_cpu, median_seconds, run_child  # noqa: E402
+from kernels import executions, is_weight_reorder, marked_call, marked_lines  # noqa: E402
 
 ROWS = {
     "inference": [(16, "float32"), (16, "bfloat16"), (8, "float32"), (8, "bfloat16")],
@@ -75,7 +86,8 @@ def torch_model(output_stride: int):
         return Replica(), "the tests' torch replica of torchvision"
 
 
-def torch_child(kind: str, output_stride: int, precision: str, runs: int) -> None:
+def torch_child(kind: str, output_stride: int, precision: str, runs: int,
+                kernels: bool = False) -> None:
     import contextlib
 
     import torch
@@ -83,7 +95,7 @@ def torch_child(kind: str, output_stride: int, precision: str, runs: int) -> Non
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     results = {}
-    for layout in ("nchw", "channels_last"):
+    for layout in ("channels_last",) if kernels else ("nchw", "channels_last"):
         model, source = torch_model(output_stride)
         memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         model = model.to(memory_format=memory_format)
@@ -112,15 +124,22 @@ def torch_child(kind: str, output_stride: int, precision: str, runs: int) -> Non
                 loss.backward()
                 optimizer.step()
                 loss.item()
+        if kernels:
+            for _ in range(2):
+                call()
+            return marked_call(call)
         results[layout] = median_seconds(call, runs, warmup=2)
     best = min(results, key=results.get)
     print(json.dumps({"seconds": results[best], "layout": best, "all": results,
                       "source": source, "torch": torch.__version__}))
 
 
-def project_child(kind: str, output_stride: int, precision: str, runs: int) -> None:
+def project_child(kind: str, output_stride: int, precision: str, runs: int,
+                  kernels: bool = False) -> None:
     import tensorflow as tf
 
+    if kernels:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if kind == "inference":
         from deeplabv3_tf.config import ModelConfig
         from deeplabv3_tf.model import build_deeplabv3
@@ -130,7 +149,9 @@ def project_child(kind: str, output_stride: int, precision: str, runs: int) -> N
         graph = fold_batch_norm(build_deeplabv3(config), config, precision)
         image = tf.random.uniform((1, SIZE, SIZE, 3), 0, 255, seed=0)
         run = tf.function(lambda x: graph(x, training=False))
-        seconds = median_seconds(lambda: run(image).numpy(), runs)
+
+        def call():
+            run(image).numpy()
     else:
         import keras
 
@@ -140,20 +161,75 @@ def project_child(kind: str, output_stride: int, precision: str, runs: int) -> N
         keras.config.set_dtype_policy(policy)
         step, _, batch = r101_training_step([f"train.precision={policy!r}"], TRAIN_SIZE,
                                             TRAIN_BATCH)
-        seconds = median_seconds(lambda: float(step(batch)[0]), runs, warmup=2)
-    print(json.dumps({"seconds": seconds}))
+
+        def call():
+            float(step(batch)[0])
+    if kernels:
+        for _ in range(2):
+            call()
+        return marked_call(call)
+    print(json.dumps({"seconds": median_seconds(call, runs, warmup=2)}))
+
+
+def kernel_times(stdout: str) -> dict | None:
+    """Milliseconds of a `--kernels` child's marked call: wall, oneDNN, each primitive
+    kind's share, weight reorders; None if the child failed."""
+    marked = marked_lines(stdout)
+    if marked is None:
+        return None
+    lines, wall = marked
+    kinds = {"forward_training": "conv fwd", "forward_inference": "conv fwd",
+             "backward_data": "conv bwd data", "backward_weights": "conv bwd weights"}
+    times = {"wall": wall * 1000, "oneDNN": 0.0, "weight reorders": 0.0}
+    for kind, _, prop, _, ms, line in executions(lines):
+        if kind == "convolution":
+            name = kinds.get(prop, "conv other")
+        elif kind in ("matmul", "gemm_api", "inner_product"):
+            name = "matmul"
+        elif kind == "batch_normalization":
+            name = "batch norm"
+        elif kind == "reorder":
+            name = "reorder"
+            if is_weight_reorder(line):
+                times["weight reorders"] += ms
+        else:
+            name = kind
+        times[name] = times.get(name, 0.0) + ms
+        times["oneDNN"] += ms
+    return times
+
+
+def print_kernel_rows(name: str, spec: list[str]) -> None:
+    env = dict(os.environ, ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="3")
+    print(name)
+    for side in ("project", "torch"):
+        out = subprocess.run([sys.executable, __file__, "--kernels", "--child", side, *spec],
+                             capture_output=True, text=True, env=env)
+        times = kernel_times(out.stdout)
+        label = "here" if side == "project" else "torch"
+        if times is None:
+            print(f"  {label}: failed: {out.stderr.strip().splitlines()[-3:]}")
+            continue
+        wall, inside = times.pop("wall"), times.pop("oneDNN")
+        weights = times.pop("weight reorders")
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+        parts += f" (weight reorders {weights:.0f})" if weights else ""
+        print(f"  {label:<6} wall {wall:6.0f} ms; outside oneDNN {wall - inside:5.0f}; "
+              f"oneDNN {inside:5.0f}: {parts}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--kernels", action="store_true",
+                        help="one call per row and side, timed by oneDNN kernel kind")
     parser.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         side, kind, output_stride, precision = args.child
         child = torch_child if side == "torch" else project_child
-        return child(kind, int(output_stride), precision, args.runs)
+        return child(kind, int(output_stride), precision, args.runs, args.kernels)
     print(describe_cpu())
     try:
         import torch  # noqa: F401
@@ -161,8 +237,10 @@ def main():
         print("torch is not installed: no comparison (pip install -r requirements-torch.txt)")
         return
     print(f"R101 inference {SIZE}x{SIZE} batch 1; training step OS16 {TRAIN_SIZE}x{TRAIN_SIZE} "
-          f"batch {TRAIN_BATCH}; medians of {args.runs}")
-    print(f"{'row':<34}{'here ms':>9}{'torch ms':>10}{'ratio':>7}  torch layout")
+          f"batch {TRAIN_BATCH}; " + ("one call each with oneDNN's verbose log, ms"
+                                      if args.kernels else f"medians of {args.runs}"))
+    if not args.kernels:
+        print(f"{'row':<34}{'here ms':>9}{'torch ms':>10}{'ratio':>7}  torch layout")
     for kind in args.rows.split(","):
         if kind not in ROWS:
             raise SystemExit(f"unknown row kind {kind!r}; choose from {tuple(ROWS)}")
@@ -172,6 +250,9 @@ def main():
             else:
                 name = f"{kind} OS{output_stride} {precision}"
             spec = [kind, str(output_stride), precision, "--runs", str(args.runs)]
+            if args.kernels:
+                print_kernel_rows(name, spec)
+                continue
             here = run_child([sys.executable, __file__, "--child", "project", *spec],
                              f"{name} (here)")
             there = run_child([sys.executable, __file__, "--child", "torch", *spec],
