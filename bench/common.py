@@ -41,13 +41,26 @@ def median_pair(first, second, runs):
     return tuple(float(np.median(t)) for t in times)
 
 
-def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> float:
-    """GFLOP/s of a size x size `tf.matmul` (2 * size**3 FLOPs) in this process."""
+def _matmul_call(dtype: tf.DType, size: int = 4096):
+    """A call of one size x size `tf.matmul` in `dtype` (2 * size**3 FLOPs)."""
     a = tf.random.uniform((size, size), dtype=tf.float32)
     b = tf.random.uniform((size, size), dtype=tf.float32)
     a, b = tf.cast(a, dtype), tf.cast(b, dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
-    return 2 * size**3 / median_seconds(lambda: matmul().numpy(), runs, warmup=2) / 1e9
+    return lambda: matmul().numpy()
+
+
+def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> float:
+    """GFLOP/s of a size x size `tf.matmul` (2 * size**3 FLOPs) in this process."""
+    return 2 * size**3 / median_seconds(_matmul_call(dtype, size), runs, warmup=2) / 1e9
+
+
+def median_with_peak(fn, dtype: tf.DType, runs: int, size: int = 4096) -> tuple[float, float]:
+    """(median seconds of `fn()`, matmul GFLOP/s in `dtype`), each call of `fn`
+    followed by one of the matmul, so that the peak a time is compared with is the
+    machine's while that time was taken (its speed here drifts within minutes)."""
+    seconds, matmul_seconds = median_pair(fn, _matmul_call(dtype, size), runs)
+    return seconds, 2 * size**3 / matmul_seconds / 1e9
 
 
 def _proc_status_mib(field: str) -> float | None:

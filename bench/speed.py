@@ -8,7 +8,9 @@ matmuls get here, i.e. whether they run on AMX (`common.describe_cpu`).
 
 One run prints:
   peak       tf.matmul 4096x4096 GFLOP/s in float32 and bfloat16 (each section
-             measures it again in its own process, and its ratios use that).
+             measures it again in its own process, and its ratios use that; an
+             inference row alternates its calls with the matmul's and uses that
+             peak, since this machine's speed drifts within minutes).
   inference  R101 513x513 batch 1 at output stride 16 and 8, and OS8 + 6 scales
              + flip: the trained graph (float32), the BN-folded graph in float32
              and in bfloat16.
@@ -38,7 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (describe_cpu, matmul_peak_gflops, median_pair, median_seconds,  # noqa: E402
-                    peak_rss_mib, r101_training_step, random_weights_run, run_child)
+                    median_with_peak, peak_rss_mib, r101_training_step, random_weights_run, run_child)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -72,7 +74,7 @@ def _row(name, seconds, macs, peak):
     every, inside = macs
     print(f"{name:<40}{seconds * 1000:>9.0f}{2 * every / seconds / 1e9:>9.0f}"
           f"{100 * 2 * every / seconds / 1e9 / peak:>8.0f}%"
-          f"{100 * 2 * inside / seconds / 1e9 / peak:>8.0f}%", flush=True)
+          f"{100 * 2 * inside / seconds / 1e9 / peak:>8.0f}%{peak:>7.0f}", flush=True)
 
 
 def section_inference(args):
@@ -81,30 +83,32 @@ def section_inference(args):
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.fold import fold_batch_norm
 
-    f32, bf16 = peaks(args.runs)
     size = 513
     image = tf.random.uniform((1, size, size, 3), 0, 255, seed=0)
-    print(f"R101, {size}x{size}, batch 1; peaks float32 {f32:.0f}, bfloat16 {bf16:.0f} GFLOP/s")
-    print(f"{'graph':<40}{'ms':>9}{'GFLOP/s':>9}{'% all':>9}{'% inside':>9}")
+    print(f"R101, {size}x{size}, batch 1; each call followed by a 4096x4096 matmul of its "
+          "dtype, whose median GFLOP/s is that row's peak")
+    print(f"{'graph':<40}{'ms':>9}{'GFLOP/s':>9}{'% all':>9}{'% inside':>9}{'peak':>7}")
     for output_stride in (16, 8):
         config = ModelConfig(output_stride=output_stride)
         model = build_deeplabv3(config)
         macs = _macs(config, size, size)
-        variants = [("trained graph float32", model, f32),
-                    ("BN folded float32", fold_batch_norm(model, config), f32),
-                    ("BN folded bfloat16", fold_batch_norm(model, config, "bfloat16"), bf16)]
-        for name, graph, peak in variants:
+        variants = [("trained graph float32", model, tf.float32),
+                    ("BN folded float32", fold_batch_norm(model, config), tf.float32),
+                    ("BN folded bfloat16", fold_batch_norm(model, config, "bfloat16"),
+                     tf.bfloat16)]
+        for name, graph, dtype in variants:
             run = tf.function(lambda x, graph=graph: graph(x, training=False))
-            seconds = median_seconds(lambda: run(image).numpy(), args.runs)
+            seconds, peak = median_with_peak(lambda: run(image).numpy(), dtype, args.runs)
             _row(f"OS{output_stride} {name}", seconds, macs, peak)
         if output_stride == 8:
             sizes = [tuple(int(v) for v in np.maximum(np.round(np.array([size, size]) * s), 1))
                      for s in SCALES]
             total = [2 * sum(_macs(config, h, w)[i] for h, w in sizes) for i in (0, 1)]
-            for name, graph, peak in variants[1:]:
+            for name, graph, dtype in variants[1:]:
                 run = tf.function(lambda x, graph=graph: predict_probabilities(
                     graph, x, SCALES, flip=True))
-                seconds = median_seconds(lambda: run(image).numpy(), max(1, args.runs // 3))
+                seconds, peak = median_with_peak(lambda: run(image).numpy(), dtype,
+                                                 max(1, args.runs // 3))
                 _row(f"OS8 + 6 scales + flip, {name}", seconds, total, peak)
 
 
