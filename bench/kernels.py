@@ -106,11 +106,14 @@ def summarise(lines: list[str], wall: float, peaks: dict[str, float], top: int) 
               f"{impl[:32]:<32} {shape[:80]}")
 
 
-def marked_call(run) -> None:
-    """Calls `run` once between two markers on stdout, the second with the wall time.
+def marked_call(run, warmup: int) -> None:
+    """Calls `run` `warmup` times, then once between two markers on stdout, the
+    second with the wall time.
 
     oneDNN writes its verbose lines through C's stdio: flushing it before each
     marker keeps them on the right side (`marked_lines` reads them back)."""
+    for _ in range(warmup):
+        run()
     libc = ctypes.CDLL(None)
     libc.fflush(None)
     os.write(1, f"\n{START}\n".encode())
@@ -214,9 +217,7 @@ def child(args) -> None:
 
             def run():
                 return function(image)
-    for _ in range(3):
-        run()
-    marked_call(lambda: np.asarray(run()))
+    marked_call(lambda: np.asarray(run()), warmup=3)
     libc = ctypes.CDLL(None)
     peaks = {"float32": matmul_peak_gflops(tf.float32, runs=3),
              "bfloat16": matmul_peak_gflops(tf.bfloat16, runs=3)}

@@ -8,10 +8,9 @@ matmuls get here, i.e. whether they run on AMX (`common.describe_cpu`).
 
 One run prints:
   peak       tf.matmul 4096x4096 GFLOP/s in float32 and bfloat16 (each section
-             measures it again in its own process, and its ratios use that; an
-             inference row alternates its calls with the matmul's and uses that
-             peak, since this machine's speed drifts within minutes; so does
-             a training step).
+             measures it again in its own process). Inference and training rows
+             alternate their calls with the matmul's and are compared with that
+             peak, since this machine's speed drifts within minutes.
   inference  R101 513x513 batch 1 at output stride 16 and 8, and OS8 + 6 scales
              + flip: the trained graph (float32), the BN-folded graph in float32
              and in bfloat16.
@@ -41,7 +40,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (describe_cpu, matmul_peak_gflops, median_pair,  # noqa: E402
-                    median_with_peak, peak_rss_mib, r101_training_step, random_weights_run, run_child)
+                    median_with_peak, peak_rss_mib, r101_training_step, random_weights_run,
+                    run_child)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -50,12 +50,9 @@ SECTIONS = ("peak", "inference", "training", "serving", "pipeline")
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-def peaks(runs):
-    return matmul_peak_gflops(tf.float32, runs=runs), matmul_peak_gflops(tf.bfloat16, runs=runs)
-
-
 def section_peak(args):
-    f32, bf16 = peaks(args.runs)
+    f32 = matmul_peak_gflops(tf.float32, runs=args.runs)
+    bf16 = matmul_peak_gflops(tf.bfloat16, runs=args.runs)
     print(f"tf.matmul 4096x4096: float32 {f32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s "
           f"({os.cpu_count()} cores)")
 

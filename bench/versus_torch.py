@@ -125,9 +125,7 @@ def torch_child(kind: str, output_stride: int, precision: str, runs: int,
                 optimizer.step()
                 loss.item()
         if kernels:
-            for _ in range(2):
-                call()
-            return marked_call(call)
+            return marked_call(call, warmup=2)
         results[layout] = median_seconds(call, runs, warmup=2)
     best = min(results, key=results.get)
     print(json.dumps({"seconds": results[best], "layout": best, "all": results,
@@ -165,9 +163,7 @@ def project_child(kind: str, output_stride: int, precision: str, runs: int,
         def call():
             float(step(batch)[0])
     if kernels:
-        for _ in range(2):
-            call()
-        return marked_call(call)
+        return marked_call(call, warmup=2)
     print(json.dumps({"seconds": median_seconds(call, runs, warmup=2)}))
 
 

@@ -27,7 +27,7 @@ def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, clas
       The sum of the (weighted) cross-entropies, float32 [].
     """
     labels = tf.cast(labels, tf.int32)
-    valid = tf.not_equal(labels, ignore_label)
+    valid = _valid(labels, ignore_label)
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=safe_labels, logits=tf.cast(logits, tf.float32))
@@ -40,8 +40,12 @@ def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, clas
 def valid_pixel_count(labels, ignore_label: int = IGNORE_LABEL):
     """The segmentation loss's normaliser: pixels of `labels` that are not `ignore_label`,
     float32 [] (class weights do not enter it)."""
-    return tf.reduce_sum(tf.cast(tf.not_equal(tf.cast(labels, tf.int32), ignore_label),
-                                 tf.float32))
+    return tf.reduce_sum(tf.cast(_valid(labels, ignore_label), tf.float32))
+
+
+def _valid(labels, ignore_label):
+    """bool: the pixels of `labels` that count (not `ignore_label`)."""
+    return tf.not_equal(tf.cast(labels, tf.int32), ignore_label)
 
 
 def multilabel_loss_sum(targets, logits):
