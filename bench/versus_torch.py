@@ -1,6 +1,6 @@
 """DeepLabv3-R101 here against torchvision's on the same machine, row by row.
 
-  python bench/versus_torch.py [--runs 5] [--rows inference,training]
+  python bench/versus_torch.py [--runs 5] [--pairs 1] [--rows inference,training]
 
 Each row is timed in its own process, this project's and torch's one after the
 other, so both see the same machine. torch rows use torchvision's DeepLabV3-R101
@@ -15,7 +15,11 @@ bfloat16, and the training step in float32 and mixed_bfloat16 (SGD momentum
 0.9, weight decay 1e-4, as `voc_r101_os16`). torch's threads: as many as the
 cores, like TensorFlow's. Skipped, with a message, where torch is missing.
 
-"ratio" is torch's time over this project's: > 1 means faster here.
+"ratio" is torch's time over this project's: > 1 means faster here. With
+--pairs K, each row's two processes run K times, alternating (here, torch,
+here, torch, ...): the row prints the median time of each side and the median,
+lowest and highest of the K ratios, each ratio from one pair run back to back.
+On a machine whose speed drifts, one pair's ratio moves by 10-20 %.
 
 With --kernels, each side runs one call of each row with oneDNN's verbose log
 on (torch's convolutions run in oneDNN too) and the rows print, per side, the
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -217,11 +222,15 @@ def print_kernel_rows(name: str, spec: list[str]) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="times each row's two processes run, alternating")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--kernels", action="store_true",
                         help="one call per row and side, timed by oneDNN kernel kind")
     parser.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error(f"--pairs {args.pairs}: at least 1")
     if args.child:
         side, kind, output_stride, precision = args.child
         child = torch_child if side == "torch" else project_child
@@ -234,7 +243,9 @@ def main():
         return
     print(f"R101 inference {SIZE}x{SIZE} batch 1; training step OS16 {TRAIN_SIZE}x{TRAIN_SIZE} "
           f"batch {TRAIN_BATCH}; " + ("one call each with oneDNN's verbose log, ms"
-                                      if args.kernels else f"medians of {args.runs}"))
+                                      if args.kernels else f"medians of {args.runs}"
+                                      + (f"; {args.pairs} pairs of processes per row, "
+                                         "alternated" if args.pairs > 1 else "")))
     if not args.kernels:
         print(f"{'row':<34}{'here ms':>9}{'torch ms':>10}{'ratio':>7}  torch layout")
     for kind in args.rows.split(","):
@@ -249,17 +260,31 @@ def main():
             if args.kernels:
                 print_kernel_rows(name, spec)
                 continue
-            here = run_child([sys.executable, __file__, "--child", "project", *spec],
-                             f"{name} (here)")
-            there = run_child([sys.executable, __file__, "--child", "torch", *spec],
-                              f"{name} (torch)")
-            if here is None or there is None:
-                continue
-            print(f"{name:<34}{here['seconds'] * 1000:>9.0f}{there['seconds'] * 1000:>10.0f}"
-                  f"{there['seconds'] / here['seconds']:>7.2f}  {there['layout']} "
-                  f"(NCHW {there['all']['nchw'] * 1000:.0f}, channels_last "
-                  f"{there['all']['channels_last'] * 1000:.0f}; {there['source']}, "
-                  f"torch {there['torch']})", flush=True)
+            pairs = []
+            for _ in range(args.pairs):
+                here = run_child([sys.executable, __file__, "--child", "project", *spec],
+                                 f"{name} (here)")
+                there = run_child([sys.executable, __file__, "--child", "torch", *spec],
+                                  f"{name} (torch)")
+                if here is not None and there is not None:
+                    pairs.append((here, there))
+            if pairs:
+                print_pairs(name, pairs)
+
+
+def print_pairs(name: str, pairs: list[tuple[dict, dict]]) -> None:
+    """One row: each side's median time over the pairs, the median (and, for several
+    pairs, the range) of their ratios, and torch's layout of the last pair."""
+    here = statistics.median(p[0]["seconds"] for p in pairs)
+    ratios = sorted(p[1]["seconds"] / p[0]["seconds"] for p in pairs)
+    there = pairs[-1][1]
+    spread = f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+    print(f"{name:<34}{here * 1000:>9.0f}"
+          f"{statistics.median(p[1]['seconds'] for p in pairs) * 1000:>10.0f}"
+          f"{statistics.median(ratios):>7.2f}{spread}  {there['layout']} "
+          f"(NCHW {there['all']['nchw'] * 1000:.0f}, channels_last "
+          f"{there['all']['channels_last'] * 1000:.0f}; {there['source']}, "
+          f"torch {there['torch']})", flush=True)
 
 
 if __name__ == "__main__":
