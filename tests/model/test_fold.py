@@ -158,8 +158,16 @@ def test_bfloat16_folded_graph_is_close_to_float32():
     model = _randomised_model(config)
     folded = fold_batch_norm(model, config, "bfloat16")
     conv = folded.get_layer("backbone").get_layer("conv2_block1_2_conv")
-    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
-    assert folded.get_layer("logits").compute_dtype == "float32"
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "bfloat16"
+    logits = folded.get_layer("logits")
+    assert logits.compute_dtype == "float32" and logits.kernel.dtype == "float32"
+    # The bfloat16 weights are the float32 fold rounded once (what a per-call cast gave).
+    folded32 = fold_batch_norm(model, config, "float32")
+    conv32 = folded32.get_layer("backbone").get_layer("conv2_block1_2_conv")
+    for weight, weight32 in zip(conv.weights, conv32.weights):
+        np.testing.assert_array_equal(
+            np.asarray(weight).astype(np.float32),
+            tf.cast(tf.cast(weight32, tf.bfloat16), tf.float32).numpy())
     images = np.random.default_rng(4).uniform(0, 255, (2, 97, 131, 3)).astype(np.float32)
     expected = model(images, training=False).numpy()
     actual = folded(images).numpy()
