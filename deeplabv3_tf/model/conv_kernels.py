@@ -28,8 +28,8 @@ were no faster at OS16 (830 against 845 ms) and 8 % slower at OS8 (the input
 slices of a 65x65x2048 map cost more than the padding they skip), the training
 step unchanged. On the Intel Xeon with AMX, oneDNN's dilated bfloat16 kernel ran
 ASPP at 13-20 % of the AMX matmul peak: "taps" is the candidate there, to be
-chosen by measurement (`python bench/atrous.py --whole`; `DEEPLABV3_ATROUS_CONV=taps python
-bench/speed.py`).
+chosen by measurement (`python bench/atrous.py --whole --train`;
+`DEEPLABV3_ATROUS_CONV=taps python bench/speed.py`).
 Both compute the same function (tests/model/test_conv_kernels.py).
 """
 
