@@ -69,8 +69,12 @@ def implementation(name: str):
             os.environ[ENVIRONMENT_VARIABLE] = previous
 
 
-def print_pair(name: str, times: tuple[float, float], unit: float = 1000) -> None:
-    print(f"{name:<32}{times[0] * unit:>11.0f}{times[1] * unit:>9.0f}"
+def print_pair(name: str, times: tuple[float, float] | None = None) -> None:
+    """A row of milliseconds, native then taps, and their ratio; the header without `times`."""
+    if times is None:
+        print(f"{name:<32}{'native ms':>11}{'taps ms':>9}{'taps/native':>13}")
+        return
+    print(f"{name:<32}{times[0] * 1000:>11.0f}{times[1] * 1000:>9.0f}"
           f"{times[1] / times[0]:>13.2f}", flush=True)
 
 
@@ -80,7 +84,7 @@ def whole_graphs(dtypes, runs):
     from deeplabv3_tf.model.fold import fold_batch_norm
 
     image = tf.random.uniform((1, 513, 513, 3), 0, 255, seed=0)
-    print(f"{'R101 513x513, BN folded':<32}{'native ms':>11}{'taps ms':>9}{'taps/native':>13}")
+    print_pair("R101 513x513, BN folded")
     for output_stride in (16, 8):
         config = ModelConfig(output_stride=output_stride)
         model = build_deeplabv3(config)
@@ -98,7 +102,7 @@ def whole_graphs(dtypes, runs):
 def training_steps(dtypes, runs):
     import keras
 
-    print(f"{'R101 OS16 step, 321x321 x 2':<32}{'native ms':>11}{'taps ms':>9}{'taps/native':>13}")
+    print_pair("R101 OS16 step, 321x321 x 2")
     for dtype in dtypes:
         policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
         keras.config.set_dtype_policy(policy)
