@@ -71,8 +71,13 @@ class Browser:
                 f"--window-size={width},{height}", "about:blank"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--no-sandbox")  # Chromium's sandbox refuses to run as root.
+        # Chromium puts its singleton socket in a directory of its own under TMPDIR and
+        # leaves it there when terminated: under the profile it goes with the profile.
+        scratch = os.path.join(self._profile, "tmp")
+        os.mkdir(scratch)
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+                                         stderr=subprocess.DEVNULL,
+                                         env={**os.environ, "TMPDIR": scratch})
         self._ids = itertools.count(1)
         self.events: list[dict] = []
         try:

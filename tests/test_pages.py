@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -32,6 +33,18 @@ if not find_chromium():
 def browser():
     with Browser() as b:
         yield b
+
+
+def test_a_closed_browser_leaves_nothing_in_the_temp_directory():
+    def chromium_entries():
+        return {name for name in os.listdir(tempfile.gettempdir())
+                if name.startswith(("org.chromium.Chromium.", "deeplabv3_chromium_"))}
+
+    before = chromium_entries()
+    with Browser() as b:
+        assert b.evaluate("6 * 7") == 42
+        assert chromium_entries() - before  # its profile, while it runs
+    assert chromium_entries() - before == set()
 
 
 def _cells(browser, selector, *attributes):
