@@ -105,7 +105,6 @@ def training_steps(dtypes, runs):
     print_pair("R101 OS16 step, 321x321 x 2")
     for dtype in dtypes:
         policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
-        keras.config.set_dtype_policy(policy)
         calls = []
         for name in ("native", "taps"):
             with implementation(name):

@@ -169,12 +169,15 @@ def describe_cpu() -> str:
 
 def r101_training_step(assignments: list[str], size: int = 321, batch_size: int = 2):
     """(step, experiment, batch): voc_r101_os16 with `--set` assignments, one device, a
-    random batch of `batch_size` size x size images, ready for `step(batch)`."""
+    random batch of `batch_size` size x size images, ready for `step(batch)`. Sets the
+    global dtype policy to the experiment's `train.precision`, as training does."""
+    from deeplabv3_tf.distribute import set_precision
     from deeplabv3_tf.experiments import override, voc_r101_os16
     from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
 
     experiment = override(voc_r101_os16(), [f"train.batch_size={batch_size}", "train.init=''",
                                             *assignments])
+    set_precision(experiment.train.precision)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
         model = build_model(experiment)

@@ -175,10 +175,7 @@ def child(args) -> None:
     if args.serial:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.train:
-        import keras
-
         precision = "mixed_bfloat16" if args.precision == "bfloat16" else "float32"
-        keras.config.set_dtype_policy(precision)
         step, _, batch = r101_training_step([f"train.precision={precision!r}"])
 
         def run():

@@ -115,7 +115,6 @@ def training_child(precision, runs):
     import keras
 
     baseline = peak_rss_mib()
-    keras.config.set_dtype_policy(precision)
     step, experiment, batch = r101_training_step([f"train.precision={precision!r}"])
     bfc = bool(os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"))
     if bfc:  # TensorFlow's own tensors: held between steps, and the peak within steps.

@@ -94,9 +94,6 @@ def main():
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
 
-    import keras
-
-    keras.config.set_dtype_policy(args.precision)
     step, _, batch = r101_training_step([f"train.precision={args.precision!r}", *args.set],
                                         args.size, args.batch_size)
     for _ in range(2):

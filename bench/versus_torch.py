@@ -156,12 +156,9 @@ def project_child(kind: str, output_stride: int, precision: str, runs: int,
         def call():
             run(image).numpy()
     else:
-        import keras
-
         from common import r101_training_step
 
         policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
-        keras.config.set_dtype_policy(policy)
         step, _, batch = r101_training_step([f"train.precision={policy!r}"], TRAIN_SIZE,
                                             TRAIN_BATCH)
 
