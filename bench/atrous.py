@@ -6,7 +6,8 @@ For each of ASPP's convs (2048 -> 256, 3x3) at output stride 16 (33x33 at
 513x513, rates 6/12/18) and 8 (65x65, rates 12/24/36), and the backbone's
 dilated 3x3 convs (512 -> 512 at rates 2/4/8 at 33x33, 256 -> 256 at rate 2
 at 65x65): the median ms of the native conv and of the taps, calls alternated so
-that both see the machine in the same state. With --whole, also the BN-folded
+that both see the machine in the same state, and the median over the rounds of
+taps / native (`common.median_pair`). With --whole, also the BN-folded
 R101 at 513x513, OS16 and OS8, traced once with each implementation (every
 atrous conv of the graph), float32 and bfloat16. With --train, also the R101
 OS16 training step (321x321, batch 2, float32 and mixed_bfloat16) built once
@@ -24,7 +25,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_cpu, median_pair, r101_training_step  # noqa: E402
+from common import Pair, describe_cpu, median_pair, r101_training_step  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
@@ -47,10 +48,10 @@ def single_convs(dtypes, runs):
             for rate in rates:
                 native, taps = (tf.function(lambda impl=impl, rate=rate: atrous_conv(
                     x, kernel, (rate, rate), impl)) for impl in ("native", "taps"))
-                times = median_pair(native, taps, runs)
+                pair = median_pair(native, taps, runs)
                 print(f"{name:<12}{dtype:<10}{size:>6}{channels:>6}{rate:>6}"
-                      f"{times[0] * 1000:>11.1f}{times[1] * 1000:>9.1f}"
-                      f"{times[1] / times[0]:>13.2f}", flush=True)
+                      f"{pair.first * 1000:>11.1f}{pair.second * 1000:>9.1f}"
+                      f"{pair.ratio:>13.2f}", flush=True)
 
 
 @contextlib.contextmanager
@@ -69,13 +70,14 @@ def implementation(name: str):
             os.environ[ENVIRONMENT_VARIABLE] = previous
 
 
-def print_pair(name: str, times: tuple[float, float] | None = None) -> None:
-    """A row of milliseconds, native then taps, and their ratio; the header without `times`."""
-    if times is None:
+def print_pair(name: str, pair: Pair | None = None) -> None:
+    """A row of milliseconds, native then taps, and the median of their ratio; the
+    header without `pair`."""
+    if pair is None:
         print(f"{name:<32}{'native ms':>11}{'taps ms':>9}{'taps/native':>13}")
         return
-    print(f"{name:<32}{times[0] * 1000:>11.0f}{times[1] * 1000:>9.0f}"
-          f"{times[1] / times[0]:>13.2f}", flush=True)
+    print(f"{name:<32}{pair.first * 1000:>11.0f}{pair.second * 1000:>9.0f}"
+          f"{pair.ratio:>13.2f}", flush=True)
 
 
 def whole_graphs(dtypes, runs):

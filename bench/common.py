@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import time
+import typing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,19 +27,32 @@ def median_seconds(fn, runs: int, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
-def median_pair(first, second, runs):
-    """Median seconds of `first()` and of `second()`, called in turn `runs` times each
-    (after one untimed call of each), so that both see the machine in the same state;
-    results are fetched (np.asarray of every tensor returned)."""
+class Pair(typing.NamedTuple):
+    """Two calls timed in turn: the median seconds of each, and the median over the
+    rounds of second / first (each round's two calls are neighbours in time, so the
+    machine's drift cancels in their ratio, not in the ratio of the medians)."""
+
+    first: float
+    second: float
+    ratio: float
+
+
+def median_pair(first, second, runs) -> Pair:
+    """`first()` and `second()` called in turn `runs` times each (after one untimed
+    call of each), the order swapped every round (so that neither always runs after
+    the other); results are fetched (np.asarray of every tensor returned)."""
     for call in (first, second):
         call()
     times = ([], [])
-    for _ in range(runs):
-        for call, kept in zip((first, second), times):
+    for round_ in range(runs):
+        order = (0, 1) if round_ % 2 == 0 else (1, 0)
+        for index in order:
             start = time.perf_counter()
-            tf.nest.map_structure(np.asarray, call())
-            kept.append(time.perf_counter() - start)
-    return tuple(float(np.median(t)) for t in times)
+            tf.nest.map_structure(np.asarray, (first, second)[index]())
+            times[index].append(time.perf_counter() - start)
+    ratios = np.array(times[1]) / np.array(times[0])
+    return Pair(float(np.median(times[0])), float(np.median(times[1])),
+                float(np.median(ratios)))
 
 
 def _matmul_call(dtype: tf.DType, size: int = 4096):
@@ -56,11 +70,18 @@ def matmul_peak_gflops(dtype: tf.DType, size: int = 4096, runs: int = 5) -> floa
 
 
 def median_with_peak(fn, dtype: tf.DType, runs: int, size: int = 4096) -> tuple[float, float]:
-    """(median seconds of `fn()`, matmul GFLOP/s in `dtype`), each call of `fn`
-    followed by one of the matmul, so that the peak a time is compared with is the
-    machine's while that time was taken (its speed here drifts within minutes)."""
-    seconds, matmul_seconds = median_pair(fn, _matmul_call(dtype, size), runs)
-    return seconds, 2 * size**3 / matmul_seconds / 1e9
+    """(median seconds of `fn()`, the matmul GFLOP/s in `dtype` it is compared with).
+
+    Each call of `fn` has a call of the matmul beside it (`median_pair`), so that
+    a time is compared with the machine's speed while it was taken (its speed here
+    drifts within minutes). The GFLOP/s returned is the one that puts `fn` at the
+    median over those pairs of its speed relative to the matmul's: FLOPs / seconds
+    / peak is that median ratio, which the drift does not move.
+    """
+    pair = median_pair(fn, _matmul_call(dtype, size), runs)
+    # pair.ratio = matmul seconds / fn seconds, so fn's share of the peak is
+    # (fn FLOPs / matmul FLOPs) * ratio = (fn FLOPs / seconds) / peak with:
+    return pair.first, 2 * size**3 / (pair.ratio * pair.first) / 1e9
 
 
 def _proc_status_mib(field: str) -> float | None:

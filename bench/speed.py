@@ -9,8 +9,11 @@ matmuls get here, i.e. whether they run on AMX (`common.describe_cpu`).
 One run prints:
   peak       tf.matmul 4096x4096 GFLOP/s in float32 and bfloat16 (each section
              measures it again in its own process). Inference and training rows
-             alternate their calls with the matmul's and are compared with that
-             peak, since this machine's speed drifts within minutes.
+             alternate their calls with the matmul's, since this machine's speed
+             drifts within minutes: a row's share of the peak is the median over
+             its calls of its speed relative to the matmul call beside it, and its
+             "peak" the matmul GFLOP/s that gives that share
+             (`common.median_with_peak`).
   inference  R101 513x513 batch 1 at output stride 16 and 8, and OS8 + 6 scales
              + flip: the trained graph (float32), the BN-folded graph in float32
              and in bfloat16.
@@ -20,7 +23,8 @@ One run prints:
              allocator on the CPU, the memory its tensors hold and peak at.
   serving    every signature of the exported SavedModel (float32 and
              --precision bfloat16) next to the in-memory graph it exports (BN
-             folded, same precision), also with requests of two sizes alternating.
+             folded, same precision), also with requests of two sizes alternating;
+             ratio = the median of export / in memory over alternated calls.
   pipeline   record building with 1 and 2 workers; the 513x513 training input
              pipeline pinned to 1 core and to 2 cores (examples/s per core).
 
@@ -83,8 +87,9 @@ def section_inference(args):
 
     size = 513
     image = tf.random.uniform((1, size, size, 3), 0, 255, seed=0)
-    print(f"R101, {size}x{size}, batch 1; each call followed by a 4096x4096 matmul of its "
-          "dtype, whose median GFLOP/s is that row's peak")
+    print(f"R101, {size}x{size}, batch 1; each call beside a 4096x4096 matmul of its dtype; "
+          "% = the median over the calls of its speed / the matmul's, peak = the matmul "
+          "GFLOP/s that gives it")
     print(f"{'graph':<40}{'ms':>9}{'GFLOP/s':>9}{'% all':>9}{'% inside':>9}{'peak':>7}")
     for output_stride in (16, 8):
         config = ModelConfig(output_stride=output_stride)
@@ -222,10 +227,10 @@ def section_serving(args):
             line = f"{name:<24}"
             for precision, width in (("float32", 20), ("bfloat16", 21)):
                 memory_call, export_call = (c[name] for c in calls[precision])
-                # Alternating, so that both see the same machine.
-                times = median_pair(memory_call, export_call, runs)
-                line += (f"{times[0] * 1000:>{width}.0f}{times[1] * 1000:>8.0f}"
-                         f"{times[1] / times[0]:>7.2f}")
+                # Alternated; ratio = the median of export / in memory over the rounds.
+                pair = median_pair(memory_call, export_call, runs)
+                line += (f"{pair.first * 1000:>{width}.0f}{pair.second * 1000:>8.0f}"
+                         f"{pair.ratio:>7.2f}")
             print(line, flush=True)
 
 
