@@ -194,7 +194,9 @@ def r101_training_step(assignments: list[str], size: int = 321, batch_size: int 
     global dtype policy to the experiment's `train.precision`, as training does."""
     from deeplabv3_tf.distribute import set_precision
     from deeplabv3_tf.experiments import override, voc_r101_os16
-    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
+    from deeplabv3_tf.optimizer import make_optimizer
+    from deeplabv3_tf.train import build_model
+    from deeplabv3_tf.train_step import make_train_step
 
     experiment = override(voc_r101_os16(), [f"train.batch_size={batch_size}", "train.init=''",
                                             *assignments])

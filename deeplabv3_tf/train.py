@@ -4,7 +4,8 @@ A custom loop rather than `Model.fit`: Keras 3's fit fails under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), and the loop needs exact
 control of loss normalisation across replicas: each replica's cross-entropy sum
 is divided by the number of non-ignored pixels of the whole global batch, so
-the loss and the update do not depend on the replica count.
+the loss and the update do not depend on the replica count (the step:
+`train_step.py`; the optimizer and its schedule: `optimizer.py`).
 
 Everything the trajectory depends on is in the checkpoint or derived from it:
 step, weights (BN statistics included), optimizer slots and iteration count,
@@ -37,15 +38,15 @@ from deeplabv3_tf.distribute import is_chief, make_strategy, set_precision
 from deeplabv3_tf.evaluate import evaluate_model
 from deeplabv3_tf.experiments import (
     EXPERIMENT_FILE, ExperimentConfig, check_records_classes, load_experiment, save_experiment)
-from deeplabv3_tf.losses import (
-    example_count, multilabel_loss_sum, segmentation_loss_sum, valid_pixel_count)
-from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
-from deeplabv3_tf.model import AUX_LOGITS, LOGITS, build_deeplabv3
+from deeplabv3_tf.metrics import iou_from_confusion
+from deeplabv3_tf.model import build_deeplabv3
 from deeplabv3_tf.model.classifier import build_classifier
 from deeplabv3_tf.model.deeplabv3 import main_output
 from deeplabv3_tf.model.imagenet import load_imagenet_weights
 from deeplabv3_tf.model.transfer import initialize_from_run
+from deeplabv3_tf.optimizer import make_optimizer, poly_schedule
 from deeplabv3_tf.progress import ProgressBar
+from deeplabv3_tf.train_step import make_train_step, weight_decay_mask
 from deeplabv3_tf.visualize import overlay
 
 
@@ -79,71 +80,6 @@ class _TerminationFlag:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def poly_schedule(train_config) -> keras.optimizers.schedules.LearningRateSchedule:
-    """lr = base * (1 - step / steps) ** power (paper §4.1), after optional warm-up."""
-    poly = keras.optimizers.schedules.PolynomialDecay(
-        train_config.learning_rate, decay_steps=max(train_config.steps, 1),
-        end_learning_rate=0.0, power=train_config.lr_power)
-    if not train_config.warmup_steps:
-        return poly
-    return _Warmup(poly, train_config.learning_rate, train_config.warmup_steps)
-
-
-class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, after, peak, steps):
-        self.after, self.peak, self.steps = after, peak, steps
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        return tf.where(step < self.steps, self.peak * (step + 1) / self.steps,
-                        self.after(step))
-
-    def get_config(self):
-        return {"peak": self.peak, "steps": self.steps}
-
-
-class SGD(keras.optimizers.SGD):
-    """`keras.optimizers.SGD` with momentum whose update is one fused in-place kernel.
-
-    Same update as Keras (m = momentum * m - lr * g; w += m; same variables
-    and checkpoints), computed by `ResourceApplyKerasMomentum` in one pass,
-    where Keras runs five ops, three of them allocating a tensor of the variable's size.
-    Keras' first op, `momentum * m`, depends on the momentum alone: in a
-    `tf.function` graph the executor ran it for every variable at the start of
-    the step and held the copies through the forward and backward passes, one
-    more copy of all weights at the step's peak (ResNet-101: ~170 MiB).
-    Nesterov momentum, no momentum, sparse gradients and a momentum placed on
-    another device than its variable take Keras' update.
-    """
-
-    def update_step(self, gradient, variable, learning_rate):
-        accumulator = None
-        if self.momentum and not self.nesterov and not isinstance(gradient, tf.IndexedSlices):
-            momentum = self.momentums[self._get_variable_index(variable)]
-            target = variable.value if isinstance(variable, keras.Variable) else variable
-            # Under a distribution strategy `variable` is this device's copy; the
-            # momentum is the distributed variable: take its copy on the same device.
-            copies = [local for local in tf.distribute.get_strategy().experimental_local_results(
-                momentum.value) if local.device == target.device]
-            accumulator = copies[0] if len(copies) == 1 else None
-        if accumulator is None:
-            with tf.control_dependencies([gradient]):
-                return super().update_step(gradient, variable, learning_rate)
-        dtype = target.dtype
-        tf.raw_ops.ResourceApplyKerasMomentum(
-            var=target.handle, accum=accumulator.handle,
-            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
-            momentum=tf.cast(self.momentum, dtype), use_locking=False, use_nesterov=False)
-
-
-def make_optimizer(train_config) -> keras.optimizers.Optimizer:
-    """SGD with momentum on the poly schedule; dynamic loss scaling under float16."""
-    optimizer = SGD(learning_rate=poly_schedule(train_config), momentum=train_config.momentum)
-    if train_config.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def build_model(experiment: ExperimentConfig) -> keras.Model:
@@ -181,101 +117,6 @@ def _check_same_experiment(saved: ExperimentConfig, experiment: ExperimentConfig
         raise ValueError(
             f"{model_dir} holds a run of another model ({os.path.join(model_dir, EXPERIMENT_FILE)}); "
             "choose another --model_dir.")
-
-
-def _decayed(variables):
-    """Kernels of convs and dense layers: the variables weight decay applies to."""
-    return [v.path.endswith("kernel") for v in variables]
-
-
-def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                    strategy: tf.distribute.Strategy, experiment: ExperimentConfig):
-    """The distributed training step: (batch, stop) -> (global loss, confusion matrix, stop).
-
-    `stop` (float32 scalar, 1 when this process received SIGTERM) is summed
-    over every replica of every worker, so all workers learn at the same step
-    that one of them is being preempted, and all save and stop together.
-
-    The normaliser (non-ignored pixels, or examples) depends on the labels
-    only: it is summed over all replicas before the forward pass, and each
-    replica takes the gradient of its loss sum divided by it. `apply_gradients`
-    sums the replicas' gradients: the update is the gradient of the
-    global-batch mean, for any number of replicas.
-    """
-    tc = experiment.train
-    replicas = strategy.num_replicas_in_sync
-    segmentation = experiment.task == "segmentation"
-    decayed = _decayed(model.trainable_variables)
-    num_classes = experiment.model.num_classes
-    ignore_label = experiment.data.ignore_label
-
-    def forward_backward(batch, total):
-        with tf.GradientTape() as tape:
-            outputs = model(batch["image"], training=True)
-            if segmentation:
-                aux_outputs = None
-                if isinstance(outputs, dict):
-                    outputs, aux_outputs = outputs[LOGITS], outputs[AUX_LOGITS]
-                loss_sum = segmentation_loss_sum(
-                    batch["label"], outputs, ignore_label, tc.class_weights)
-                if aux_outputs is not None:
-                    # Same pixels, same normaliser: the aux loss is a weighted extra term.
-                    loss_sum += tc.aux_loss_weight * segmentation_loss_sum(
-                        batch["label"], aux_outputs, ignore_label, tc.class_weights)
-            else:
-                loss_sum = multilabel_loss_sum(batch["target"], outputs)
-            # Divided before the backward pass: one division, not one per gradient.
-            loss = loss_sum / total
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        predictions = (tf.argmax(outputs, axis=-1, output_type=tf.int32) if segmentation
-                       else tf.zeros([], tf.int32))
-        return grads, loss, predictions
-
-    if tc.jit_compile:
-        forward_backward = tf.function(forward_backward, jit_compile=True)
-
-    def with_weight_decay(gradient, variable, decays, decay):
-        # Weight decay (d/dw of wd/2 |w|^2) is shared out over the replicas so
-        # that the cross-replica sum adds it once. The control dependency keeps
-        # the executor from computing wd * w for every kernel at the start of
-        # the step (it depends on the weights only) and holding those copies
-        # through the forward and backward passes.
-        if not decays:
-            return gradient
-        with tf.control_dependencies([gradient]):
-            return gradient + tf.cast(decay, gradient.dtype) * tf.cast(variable, gradient.dtype)
-
-    def replica_step(batch, stop):
-        # One collective carries both the loss normaliser and the stop flag.
-        count = (valid_pixel_count(batch["label"], ignore_label) if segmentation
-                 else example_count(batch["target"]))
-        context = tf.distribute.get_replica_context()
-        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([count, stop]))
-        total = tf.maximum(reduced[0], 1.0)
-        grads, loss, predictions = forward_backward(batch, total)
-        # Outside the XLA-compiled part: the confusion matrix has dynamic shapes.
-        if segmentation:
-            matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
-        else:
-            matrix = tf.zeros([num_classes, num_classes], tf.int64)
-        decay = tc.weight_decay * optimizer.scale_loss(tf.constant(1.0)) / replicas
-        grads = [with_weight_decay(g, v, d, decay)
-                 for g, v, d in zip(grads, model.trainable_variables, decayed)]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, matrix, reduced[1]
-
-    @tf.function
-    def distributed_step(batch, stop):
-        losses, matrices, stops = strategy.run(replica_step, args=(batch, stop))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, matrices, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.MEAN, stops, axis=None))
-
-    def train_step(batch, stop: bool = False):
-        return distributed_step(batch, tf.constant(1.0 if stop else 0.0))
-
-    return train_step
 
 
 def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True,
@@ -428,9 +269,9 @@ def _summary_writers(model_dir: str, chief: bool) -> dict:
 
 def _log_scalars(writers, optimizer, model, tc, step, loss, window, segmentation,
                  window_steps, seconds) -> dict:
+    variables = model.trainable_variables
     decay = sum(float(tf.reduce_sum(tf.square(tf.cast(v, tf.float32))))
-                for v, d in zip(model.trainable_variables, _decayed(model.trainable_variables))
-                if d) * tc.weight_decay / 2
+                for v, d in zip(variables, weight_decay_mask(variables)) if d) * tc.weight_decay / 2
     record = {"step": step, "loss": loss, "weight_decay_loss": decay,
               "learning_rate": float(poly_schedule(tc)(step - 1)),
               "steps_per_second": window_steps / max(seconds, 1e-9)}

@@ -30,7 +30,9 @@ ONE_STEP = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from deeplabv3_tf.experiments import override, tiny_voc
-    from deeplabv3_tf.train import build_model, make_optimizer, make_train_step
+    from deeplabv3_tf.optimizer import make_optimizer
+    from deeplabv3_tf.train import build_model
+    from deeplabv3_tf.train_step import make_train_step
 
     experiment = override(tiny_voc(), ["model.dropout_rate=0.0", "train.batch_size=4",
                                        "train.weight_decay=1e-3", "train.learning_rate=0.1"])

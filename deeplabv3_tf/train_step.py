@@ -1,0 +1,113 @@
+"""One distributed training step: forward, loss, backward, weight decay, update.
+
+What a step computes does not depend on the number of replicas: each replica's
+loss sum is divided by the normaliser of the whole global batch (non-ignored
+pixels, or examples) and the replicas' gradients are summed (`make_train_step`).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from deeplabv3_tf.experiments import ExperimentConfig
+from deeplabv3_tf.losses import (
+    example_count, multilabel_loss_sum, segmentation_loss_sum, valid_pixel_count)
+from deeplabv3_tf.metrics import confusion_matrix
+from deeplabv3_tf.model import AUX_LOGITS, LOGITS
+
+
+def weight_decay_mask(variables):
+    """Per variable, whether weight decay applies to it: the kernels of convs and
+    dense layers (not biases, not BatchNorm's scale and offset)."""
+    return [v.path.endswith("kernel") for v in variables]
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, experiment: ExperimentConfig):
+    """The distributed training step: (batch, stop) -> (global loss, confusion matrix, stop).
+
+    `stop` (float32 scalar, 1 when this process received SIGTERM) is summed
+    over every replica of every worker, so all workers learn at the same step
+    that one of them is being preempted, and all save and stop together.
+
+    The normaliser (non-ignored pixels, or examples) depends on the labels
+    only: it is summed over all replicas before the forward pass, and each
+    replica takes the gradient of its loss sum divided by it. `apply_gradients`
+    sums the replicas' gradients: the update is the gradient of the
+    global-batch mean, for any number of replicas.
+    """
+    tc = experiment.train
+    replicas = strategy.num_replicas_in_sync
+    segmentation = experiment.task == "segmentation"
+    decayed = weight_decay_mask(model.trainable_variables)
+    num_classes = experiment.model.num_classes
+    ignore_label = experiment.data.ignore_label
+
+    def forward_backward(batch, total):
+        with tf.GradientTape() as tape:
+            outputs = model(batch["image"], training=True)
+            if segmentation:
+                aux_outputs = None
+                if isinstance(outputs, dict):
+                    outputs, aux_outputs = outputs[LOGITS], outputs[AUX_LOGITS]
+                loss_sum = segmentation_loss_sum(
+                    batch["label"], outputs, ignore_label, tc.class_weights)
+                if aux_outputs is not None:
+                    # Same pixels, same normaliser: the aux loss is a weighted extra term.
+                    loss_sum += tc.aux_loss_weight * segmentation_loss_sum(
+                        batch["label"], aux_outputs, ignore_label, tc.class_weights)
+            else:
+                loss_sum = multilabel_loss_sum(batch["target"], outputs)
+            # Divided before the backward pass: one division, not one per gradient.
+            loss = loss_sum / total
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        predictions = (tf.argmax(outputs, axis=-1, output_type=tf.int32) if segmentation
+                       else tf.zeros([], tf.int32))
+        return grads, loss, predictions
+
+    if tc.jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def with_weight_decay(gradient, variable, decays, decay):
+        # Weight decay (d/dw of wd/2 |w|^2) is shared out over the replicas so
+        # that the cross-replica sum adds it once. The control dependency keeps
+        # the executor from computing wd * w for every kernel at the start of
+        # the step (it depends on the weights only) and holding those copies
+        # through the forward and backward passes.
+        if not decays:
+            return gradient
+        with tf.control_dependencies([gradient]):
+            return gradient + tf.cast(decay, gradient.dtype) * tf.cast(variable, gradient.dtype)
+
+    def replica_step(batch, stop):
+        # One collective carries both the loss normaliser and the stop flag.
+        count = (valid_pixel_count(batch["label"], ignore_label) if segmentation
+                 else example_count(batch["target"]))
+        context = tf.distribute.get_replica_context()
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([count, stop]))
+        total = tf.maximum(reduced[0], 1.0)
+        grads, loss, predictions = forward_backward(batch, total)
+        # Outside the XLA-compiled part: the confusion matrix has dynamic shapes.
+        if segmentation:
+            matrix = confusion_matrix(batch["label"], predictions, num_classes, ignore_label)
+        else:
+            matrix = tf.zeros([num_classes, num_classes], tf.int64)
+        decay = tc.weight_decay * optimizer.scale_loss(tf.constant(1.0)) / replicas
+        grads = [with_weight_decay(g, v, d, decay)
+                 for g, v, d in zip(grads, model.trainable_variables, decayed)]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, matrix, reduced[1]
+
+    @tf.function
+    def distributed_step(batch, stop):
+        losses, matrices, stops = strategy.run(replica_step, args=(batch, stop))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, matrices, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.MEAN, stops, axis=None))
+
+    def train_step(batch, stop: bool = False):
+        return distributed_step(batch, tf.constant(1.0 if stop else 0.0))
+
+    return train_step
