@@ -168,7 +168,8 @@ def section_serving(args):
     from PIL import Image
 
     from deeplabv3_tf.experiments import voc_r101_os16
-    from deeplabv3_tf.export import ExportOptions, export_saved_model, load_trained_model
+    from deeplabv3_tf.export import ExportOptions, export_saved_model
+    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.inference import predict_labels
     from deeplabv3_tf.model.fold import fold_batch_norm
 

@@ -11,9 +11,15 @@ import numpy as np
 import tensorflow as tf
 
 from deeplabv3_tf.classes import IGNORE_LABEL
+from deeplabv3_tf.data import make_dataset
+from deeplabv3_tf.data.pipeline import count_elements, list_files
+from deeplabv3_tf.experiments import load_experiment
 from deeplabv3_tf.inference import Windows, predict_labels
 from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
 from deeplabv3_tf.progress import ProgressBar
+from deeplabv3_tf.report import draw_chart, write_csv_reports
+from deeplabv3_tf.report_page import ImageRanking, write_report
+from deeplabv3_tf.runs import load_trained_model
 
 
 def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, num_classes: int,
@@ -100,14 +106,6 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
     Returns:
       {setting name: result dict (miou, iou, pixel_accuracy, confusion, images)}.
     """
-    # Imported here: export imports this module's neighbours.
-    from deeplabv3_tf.data import make_dataset
-    from deeplabv3_tf.data.pipeline import count_elements, list_files
-    from deeplabv3_tf.experiments import load_experiment
-    from deeplabv3_tf.export import load_trained_model
-    from deeplabv3_tf.report import draw_chart, write_csv_reports
-    from deeplabv3_tf.report_page import ImageRanking, write_report
-
     experiment = load_experiment(run_dir)
     records = records or experiment.data.val_records
     if not records:

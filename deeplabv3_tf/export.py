@@ -30,46 +30,12 @@ import tensorflow as tf
 
 from deeplabv3_tf.classes import with_palette_file
 from deeplabv3_tf.data import schema
-from deeplabv3_tf.experiments import load_experiment
-from deeplabv3_tf.model import build_deeplabv3
 from deeplabv3_tf.model.fold import fold_batch_norm
-from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model, transfer_weights
+from deeplabv3_tf.runs import load_trained_model
 from deeplabv3_tf.serving import ExportOptions, SegmentationModule
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 CONFIG_FILE = os.path.join("assets.extra", "export_config.json")
-
-
-def load_trained_model(run_dir: str, output_stride: int | None = None,
-                       checkpoint: str | None = None):
-    """Rebuilds a run's model from its experiment.json and restores its weights.
-
-    Args:
-      run_dir: Training run directory (experiment.json + checkpoints).
-      output_stride: Inference output stride (None: the training one).
-      checkpoint: A checkpoint prefix (default: the run's latest).
-
-    Returns:
-      (model, experiment as trained, checkpoint prefix).
-    """
-    experiment = load_experiment(run_dir)
-    if experiment.task != "segmentation":
-        raise ValueError(f"{run_dir} is a {experiment.task} run, not a segmentation run.")
-    trained_config = dataclasses.replace(experiment.model, sync_bn=False)
-    # Restore into the graph as trained: tf.train.Checkpoint matches Keras layers
-    # by position, and another output stride adds or removes padding layers.
-    model = build_deeplabv3(trained_config)
-    prefix = checkpoint or latest_checkpoint(run_dir)
-    restore_model(model, prefix)
-    other_stride = output_stride and output_stride != trained_config.output_stride
-    if other_stride or trained_config.aux_head:
-        # The inference graph: at the requested stride, without the auxiliary head.
-        inference = build_deeplabv3(
-            dataclasses.replace(trained_config, output_stride=output_stride or
-                                trained_config.output_stride), include_aux=False)
-        transfer_weights(model, inference, skip_mismatched=(), log=lambda _: None)
-        model = inference
-    return model, experiment, prefix
 
 
 def next_version(export_dir: str) -> int:

@@ -1,6 +1,6 @@
 """On-device export: a training run as a LiteRT (.tflite) model, float or quantised.
 
-The converted graph is the inference graph (`export.load_trained_model`:
+The converted graph is the inference graph (`runs.load_trained_model`:
 BatchNorm in inference mode, dropout off), with every BatchNorm folded into its
 conv (`model.fold`) and every variable frozen into a constant, at one fixed
 input size:
@@ -306,7 +306,7 @@ def export_litert(run_dir: str, output_path: str, options: LiteRTOptions = LiteR
     Returns:
       The metadata written, with "file", "bytes" and "check" (agreement, mIoU).
     """
-    from deeplabv3_tf.export import load_trained_model
+    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.model.fold import fold_batch_norm
 
     if not output_path.endswith(".tflite"):

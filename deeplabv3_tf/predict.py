@@ -18,6 +18,7 @@ from deeplabv3_tf.classes import background_class
 from deeplabv3_tf.data.images import InvalidExampleError, read_bytes, read_image
 from deeplabv3_tf.image_header import OK, PROBLEMS, read_header
 from deeplabv3_tf.inference import Windows, predict_labels
+from deeplabv3_tf.runs import load_trained_model
 from deeplabv3_tf.serving import DEFAULT_MAX_PIXELS, DEFAULT_WINDOWED_MAX_PIXELS
 from deeplabv3_tf.visualize import colorize, overlay
 
@@ -101,8 +102,6 @@ class CheckpointPredictor:
     def __init__(self, run_dir: str, output_stride: int | None = None,
                  scales: Sequence[float] = (1.0,), flip: bool = False,
                  windows: Windows | None = None):
-        from deeplabv3_tf.export import load_trained_model
-
         model, experiment, _ = load_trained_model(run_dir, output_stride)
         info = experiment.data.info
         self.class_names = list(info.class_names)

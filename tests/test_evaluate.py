@@ -12,7 +12,7 @@ from PIL import Image
 
 from deeplabv3_tf.data import make_dataset
 from deeplabv3_tf.evaluate import evaluate_model, evaluate_run
-from deeplabv3_tf.export import load_trained_model
+from deeplabv3_tf.runs import load_trained_model
 from deeplabv3_tf.metrics import iou_from_confusion
 from deeplabv3_tf.predict import predict_files
 from tests.helpers import ROOT

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.export import (
-    WARMUP_FILE, ExportOptions, export_saved_model, load_trained_model)
+from deeplabv3_tf.export import WARMUP_FILE, ExportOptions, export_saved_model
 from deeplabv3_tf.inference import predict_probabilities
+from deeplabv3_tf.runs import load_trained_model
 from tests.helpers import encode
 
 SCALES = (0.75, 1.0, 1.25)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplabv3_tf.export import load_trained_model
+from deeplabv3_tf.runs import load_trained_model
 from deeplabv3_tf.litert import (
     LiteRTModel, LiteRTOptions, convert, export_litert, interpreter, tensor_types)
 from deeplabv3_tf.model.fold import fold_batch_norm

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplabv3_tf.export import load_trained_model
+from deeplabv3_tf.runs import load_trained_model
 from deeplabv3_tf.experiments import load_experiment
 from deeplabv3_tf.model.classifier import build_classifier
 from deeplabv3_tf.model.torchvision_weights import (

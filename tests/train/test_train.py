@@ -262,7 +262,7 @@ def test_imagenet_h5_initialisation_through_train(records, tmp_path):
 def test_aux_head_adds_its_loss_and_trains(records, tmp_path):
     """With model.aux_head the loss is main + aux_loss_weight * aux; evaluation and
     export use the main logits only."""
-    from deeplabv3_tf.export import load_trained_model
+    from deeplabv3_tf.runs import load_trained_model
 
     steps = ["train.steps=2", "train.eval_every=0", "train.checkpoint_every=2",
              "train.log_every=1", "model.aux_head=True", "train.learning_rate=0.0",
