@@ -29,11 +29,13 @@ without it they overlap (the ASPP branches, the gradients).
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import ctypes
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -191,7 +193,8 @@ def child(args) -> None:
             from deeplabv3_tf.experiments import override, voc_r101_os16
             from deeplabv3_tf.export import ExportOptions, export_saved_model
 
-            tmp = tempfile.mkdtemp()
+            tmp = tempfile.mkdtemp()  # an R101 run and its export: removed when the child ends
+            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
             experiment = override(voc_r101_os16(), [f"model.output_stride={args.output_stride}"])
             run_dir = random_weights_run(experiment, os.path.join(tmp, "run"))
             exported = tf.saved_model.load(export_saved_model(
