@@ -41,10 +41,10 @@ def main():
 
     from deeplabv3_tf.experiments import voc_mobilenetv3_os16, voc_r101_os16
     from deeplabv3_tf.export import ExportOptions, export_saved_model
-    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.litert import LiteRTOptions, convert
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.cost import count_macs, count_params
+    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.model.fold import fold_batch_norm
 
     recipes = {"r101": ("R101", voc_r101_os16), "mobilenetv3": ("MobileNetV3-Large",

@@ -58,10 +58,10 @@ def _record_images(pattern: str, count: int):
 
 def child_memory(args) -> dict:
     from deeplabv3_tf.experiments import cityscapes_r101_os16
-    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.inference import Windows, predict_labels
     from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
     from deeplabv3_tf.model import build_deeplabv3
+    from deeplabv3_tf.runs import load_trained_model
 
     if args.run_dir:
         model, experiment, _ = load_trained_model(args.run_dir, args.output_stride)
@@ -116,8 +116,8 @@ def child_tiny_miou(args) -> dict:
     from deeplabv3_tf.data.tfrecord_builders import build_voc
     from deeplabv3_tf.evaluate import evaluate_model
     from deeplabv3_tf.experiments import override, tiny_voc
-    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.inference import Windows
+    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.synthetic import write_voc_dataset
     from deeplabv3_tf.train import train
 

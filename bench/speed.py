@@ -169,9 +169,9 @@ def section_serving(args):
 
     from deeplabv3_tf.experiments import voc_r101_os16
     from deeplabv3_tf.export import ExportOptions, export_saved_model
-    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.inference import predict_labels
     from deeplabv3_tf.model.fold import fold_batch_norm
+    from deeplabv3_tf.runs import load_trained_model
 
     size, other = (513, 513), (385, 513)
     rng = np.random.default_rng(0)

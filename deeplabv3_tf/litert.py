@@ -306,8 +306,8 @@ def export_litert(run_dir: str, output_path: str, options: LiteRTOptions = LiteR
     Returns:
       The metadata written, with "file", "bytes" and "check" (agreement, mIoU).
     """
-    from deeplabv3_tf.runs import load_trained_model
     from deeplabv3_tf.model.fold import fold_batch_norm
+    from deeplabv3_tf.runs import load_trained_model
 
     if not output_path.endswith(".tflite"):
         raise ValueError(f"{output_path}: a LiteRT file ends in .tflite.")
