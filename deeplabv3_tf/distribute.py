@@ -8,6 +8,8 @@ import os
 import keras
 import tensorflow as tf
 
+from deeplabv3_tf.precision import check_precision
+
 
 def cluster_from_env() -> dict | None:
     """The TF_CONFIG cluster when it describes more than one task, else None."""
@@ -78,7 +80,13 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
 
 
 def set_precision(precision: str) -> None:
-    """Sets the global Keras dtype policy (float32, mixed_float16, mixed_bfloat16)."""
+    """Sets the global Keras dtype policy (float32, mixed_float16, mixed_bfloat16).
+
+    Raises:
+      UnsupportedPrecisionError: mixed_bfloat16 where this CPU has no bfloat16
+        kernels (`precision.check_precision`).
+    """
+    check_precision(precision)
     keras.mixed_precision.set_global_policy(precision)
 
 

@@ -23,10 +23,10 @@ from deeplabv3_tf.classes import (
 from deeplabv3_tf.config import (
     MOBILENET_V3_LARGE, ModelConfig, check_known_fields, keras_applications_compatible,
     torchvision_backbone, torchvision_deeplabv3)
+from deeplabv3_tf.precision import TRAINING_PRECISIONS
 
 EXPERIMENT_FILE = "experiment.json"
 VOC_HARD_CLASSES = ("bicycle", "chair", "diningtable", "pottedplant", "sofa")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
 TASKS = ("segmentation", "classification")
 
@@ -201,8 +201,9 @@ class ExperimentConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}.")
-        if self.train.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.train.precision!r} is not one of {PRECISIONS}.")
+        if self.train.precision not in TRAINING_PRECISIONS:
+            raise ValueError(f"precision={self.train.precision!r} is not one of "
+                             f"{TRAINING_PRECISIONS}.")
         if self.train.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.train.strategy!r} is not one of {STRATEGIES}.")
         if self.task == "segmentation":

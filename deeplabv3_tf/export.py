@@ -31,6 +31,7 @@ import tensorflow as tf
 from deeplabv3_tf.classes import with_palette_file
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.model.fold import fold_batch_norm
+from deeplabv3_tf.precision import check_precision
 from deeplabv3_tf.runs import load_trained_model
 from deeplabv3_tf.serving import ExportOptions, SegmentationModule
 
@@ -103,6 +104,7 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
     Returns:
       The version directory.
     """
+    check_precision(options.precision)  # before the run is loaded
     model, experiment, prefix = load_trained_model(run_dir, options.output_stride, checkpoint)
     dataset = experiment.data.info
     if palette_file:

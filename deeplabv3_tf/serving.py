@@ -58,7 +58,7 @@ from deeplabv3_tf.classes import IGNORE_LABEL, DatasetInfo
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.image_header import IS_EMPTY, OK, PROBLEMS, read_header
 from deeplabv3_tf.inference import Windows, predict_labels, predict_probabilities, upsampled_labels
-from deeplabv3_tf.model.fold import PRECISIONS
+from deeplabv3_tf.precision import INFERENCE_PRECISIONS
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 IMAGE_SIGNATURES = ("serving_default", "multiscale_flip", "encoded_image", "tf_example")
@@ -99,9 +99,12 @@ class ExportOptions:
         the same function with fewer ops. In float32 on CPU grappler already
         fuses the (fused) BatchNorm into the conv, so speed is unchanged; the
         bfloat16 graph needs it (Keras' BatchNorm computes in float32).
-      precision: "float32", or "bfloat16" for CPUs with AVX512_BF16 or AMX
-        (about twice as fast; masks agree with float32 on >= 99.5% of
-        pixels). Probabilities stay float32 either way.
+      precision: "float32", or "bfloat16" where the CPU has bfloat16 kernels
+        (`precision.check_precision`) and they pay: AMX (several times
+        float32's speed), AVX512_BF16 on the AMD EPYC (about twice); not an
+        Intel Xeon without AMX, where bfloat16 runs slower than float32.
+        Masks agree with float32 on >= 99.5% of pixels. Probabilities stay
+        float32 either way.
       window: Segment images by sliding windows (`inference.Windows`) in every
         image signature; images no larger than the window run whole.
     """
@@ -124,8 +127,9 @@ class ExportOptions:
         if self.max_pixels is None:
             object.__setattr__(self, "max_pixels", DEFAULT_WINDOWED_MAX_PIXELS if self.window
                                else DEFAULT_MAX_PIXELS)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}.")
+        if self.precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of "
+                             f"{INFERENCE_PRECISIONS}.")
         if self.precision != "float32" and not self.fold_batch_norm:
             raise ValueError("precision='bfloat16' exports the folded graph; "
                              "leave fold_batch_norm on.")

@@ -45,6 +45,7 @@ from deeplabv3_tf.model.deeplabv3 import main_output
 from deeplabv3_tf.model.imagenet import load_imagenet_weights
 from deeplabv3_tf.model.transfer import initialize_from_run
 from deeplabv3_tf.optimizer import make_optimizer, poly_schedule
+from deeplabv3_tf.precision import check_precision
 from deeplabv3_tf.progress import ProgressBar
 from deeplabv3_tf.train_step import make_train_step, weight_decay_mask
 from deeplabv3_tf.visualize import overlay
@@ -137,6 +138,7 @@ def train(experiment: ExperimentConfig, model_dir: str, *, progress: bool = True
       FloatingPointError: the loss became NaN or Inf; the last checkpoint is kept.
     """
     tc = experiment.train
+    check_precision(tc.precision)  # first: a missing kernel is said before any work
     _check_records(experiment)
     strategy = make_strategy(tc.strategy)
     set_precision(tc.precision)

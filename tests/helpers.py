@@ -4,9 +4,11 @@ import io
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from deeplabv3_tf.config import ModelConfig
+from deeplabv3_tf.precision import bfloat16_unsupported_reason, compute_dtype
 
 # The repository root: the working directory of the tools the tests run.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +49,16 @@ def assert_close(actual, expected, rel: float = 1e-5, err_msg: str = ""):
     scale = float(np.abs(expected).max()) if expected.size else 0.0
     assert scale > 0, "expected is all zeros: the comparison would say nothing"
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rel * scale, err_msg=err_msg)
+
+
+def skip_without_kernels(precision: str) -> None:
+    """Skips the calling test where this CPU has no kernels for `precision`
+    (bfloat16 below oneDNN's AVX-512, e.g. with ONEDNN_MAX_CPU_ISA=AVX2), with
+    the reason naming what is missing. Every other precision runs everywhere."""
+    if compute_dtype(precision) == "bfloat16":
+        reason = bfloat16_unsupported_reason()
+        if reason:
+            pytest.skip(f"no bfloat16 kernels: {reason}")
 
 
 def encode(image, format: str = "PNG", **kwargs) -> bytes:

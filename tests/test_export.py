@@ -15,7 +15,7 @@ from PIL import Image
 from deeplabv3_tf.export import WARMUP_FILE, ExportOptions, export_saved_model
 from deeplabv3_tf.inference import predict_probabilities
 from deeplabv3_tf.runs import load_trained_model
-from tests.helpers import encode
+from tests.helpers import encode, skip_without_kernels
 
 SCALES = (0.75, 1.0, 1.25)
 
@@ -234,6 +234,9 @@ def test_versions_output_stride_and_max_side(trained_run, exported):
 
 def test_bfloat16_export_agrees_with_float32_on_val_images(trained_run, tmp_path):
     """--precision bfloat16: masks of the generated val images agree with float32."""
+    with pytest.raises(ValueError, match="precision"):
+        ExportOptions(precision="float16")
+    skip_without_kernels("bfloat16")
     path = export_saved_model(trained_run["run_dir"], str(tmp_path),
                               ExportOptions(precision="bfloat16"), log=lambda _: None)
     loaded = tf.saved_model.load(path)
@@ -250,5 +253,3 @@ def test_bfloat16_export_agrees_with_float32_on_val_images(trained_run, tmp_path
         agree += np.sum(served["semantic"].numpy()[k, :h, :w] == expected)
         total += h * w
     assert agree / total >= 0.995
-    with pytest.raises(ValueError, match="precision"):
-        ExportOptions(precision="float16")

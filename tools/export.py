@@ -17,6 +17,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from deeplabv3_tf.export import export_saved_model  # noqa: E402
 from deeplabv3_tf.inference import Windows  # noqa: E402
+from deeplabv3_tf.precision import INFERENCE_PRECISIONS  # noqa: E402
 from deeplabv3_tf.serving import DEFAULT_SCALES, ExportOptions  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -37,8 +38,10 @@ flags.DEFINE_bool("server_batching", False,
                   "For TF Serving's --enable_batching: no request is refused because of "
                   "another merged with it (README, Export and serving).")
 flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, fewer ops).")
-flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
-                  "Compute precision of the exported convs (bfloat16: CPUs with AVX512_BF16/AMX).")
+flags.DEFINE_enum("precision", "float32", list(INFERENCE_PRECISIONS),
+                  "Compute precision of the exported convs. bfloat16 pays with AMX (and on "
+                  "the AMD EPYC's AVX512_BF16), not on an Intel Xeon without AMX; refused "
+                  "where the CPU has no bfloat16 kernels.")
 flags.DEFINE_string("palette", None,
                     "JSON file of class colours (and optionally names and label ids) to "
                     "export instead of the run's: {\"colors\": [[r, g, b], ...], \"names\": "

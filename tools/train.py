@@ -20,7 +20,8 @@ import json  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.experiments import RECIPES, get_recipe, resolve_experiment  # noqa: E402
+from deeplabv3_tf.experiments import RECIPES, STRATEGIES, get_recipe, resolve_experiment  # noqa: E402
+from deeplabv3_tf.precision import TRAINING_PRECISIONS  # noqa: E402
 from deeplabv3_tf.train import train  # noqa: E402
 
 flags.DEFINE_enum("experiment", "voc_r101_os16", sorted(RECIPES), "Recipe to train.")
@@ -32,9 +33,10 @@ flags.DEFINE_integer("steps", None, "Training steps (train.steps).")
 flags.DEFINE_integer("batch_size", None, "Global batch size (train.batch_size).")
 flags.DEFINE_float("learning_rate", None, "Base learning rate (train.learning_rate).")
 flags.DEFINE_integer("output_stride", None, "Training output stride (model.output_stride).")
-flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
-                  "Dtype policy (train.precision).")
-flags.DEFINE_enum("strategy", None, ["auto", "mirrored", "multi_worker", "one_device", "tpu"],
+flags.DEFINE_enum("precision", None, list(TRAINING_PRECISIONS),
+                  "Dtype policy (train.precision); mixed_bfloat16 is refused where the CPU "
+                  "has no bfloat16 kernels.")
+flags.DEFINE_enum("strategy", None, list(STRATEGIES),
                   "Distribution strategy (train.strategy).")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile training steps (train.jit_compile).")
 flags.DEFINE_multi_string("set", [], "Any field: section.field=value, e.g. data.crop_size=(321,321).")

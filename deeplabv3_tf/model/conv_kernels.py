@@ -69,7 +69,9 @@ def native_dilated_conv_supported(dtype: str = "float32") -> bool:
             tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[3, 3, 1, 1],
                                             out_backprop=y, **options)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
-                tf.errors.NotFoundError):
+                tf.errors.NotFoundError, tf.errors.AbortedError):
+            # Aborted: oneDNN has no kernel of this dtype at all (bfloat16 below
+            # AVX-512; `precision.py`), which entry points refuse before this.
             return False
     return True
 

@@ -29,8 +29,7 @@ import numpy as np
 from deeplabv3_tf.config import ModelConfig
 from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
 from deeplabv3_tf.model.transfer import flat_layers
-
-PRECISIONS = ("float32", "bfloat16")
+from deeplabv3_tf.precision import INFERENCE_PRECISIONS, check_precision
 
 
 def fold_batch_norm(model: keras.Model, config: ModelConfig, precision: str = "float32",
@@ -49,11 +48,13 @@ def fold_batch_norm(model: keras.Model, config: ModelConfig, precision: str = "f
       mode: float32 logits [B, H, W, num_classes].
 
     Raises:
-      ValueError: an unknown precision, or a layer of `model` the folded graph
+      ValueError: an unknown precision, one this CPU cannot compute in
+        (`precision.check_precision`), or a layer of `model` the folded graph
         has no place for.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}.")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {INFERENCE_PRECISIONS}.")
+    check_precision(precision)
     folded_config = dataclasses.replace(config, fold_bn=True, sync_bn=False, aux_head=False)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)

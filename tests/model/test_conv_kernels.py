@@ -14,7 +14,7 @@ import tensorflow as tf
 from deeplabv3_tf.model import conv_kernels
 from deeplabv3_tf.model.conv_kernels import atrous_conv, atrous_conv_implementation
 from deeplabv3_tf.model.layers import AtrousConv2D
-from tests.helpers import assert_close
+from tests.helpers import assert_close, skip_without_kernels
 
 SIZES = [(7, 9), (8, 8), (5, 6)]  # odd, even, mixed; rate 12 exceeds all of them
 RATES = [(2, 2), (3, 2), (12, 12)]
@@ -77,6 +77,7 @@ def test_atrous_conv_equals_native_conv(size, rate, implementation, training, dy
 def test_bfloat16_taps_round_like_the_native_conv(training):
     """bfloat16 inputs: the taps and the native conv both stay within bfloat16
     round-off of the float32 result of the same (rounded) inputs."""
+    skip_without_kernels("bfloat16")
     rng = np.random.default_rng(3)
     x = tf.cast(rng.normal(size=(1, 9, 10, 16)).astype(np.float32), tf.bfloat16)
     kernel = tf.cast(rng.normal(size=(3, 3, 16, 8)).astype(np.float32), tf.bfloat16)
@@ -106,6 +107,7 @@ def test_taps_leave_out_what_only_sees_padding():
 def test_atrous_layer_takes_the_implementation_asked_for(policy, implementation, monkeypatch):
     """AtrousConv2D with DEEPLABV3_ATROUS_CONV set computes Keras' conv, in
     training (gradients too) and inference; taps show as matmuls in the graph."""
+    skip_without_kernels(policy)
     monkeypatch.setenv(conv_kernels.ENVIRONMENT_VARIABLE, implementation)
     rng = np.random.default_rng(4)
     x = tf.constant(rng.normal(size=(2, 11, 10, 6)).astype(np.float32))

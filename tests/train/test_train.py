@@ -22,7 +22,7 @@ from deeplabv3_tf.model.transfer import initialize_from_run
 from deeplabv3_tf.synthetic import write_voc_dataset
 from deeplabv3_tf.train import train
 from tests.data.fixtures import write_classification
-from tests.helpers import ROOT
+from tests.helpers import ROOT, skip_without_kernels
 
 QUIET = dict(progress=False, log=lambda _: None)
 
@@ -63,6 +63,7 @@ def test_tiny_recipe_learns(records, tmp_path):
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_steps(records, tmp_path, precision, dtype_policy):
+    skip_without_kernels(precision)
     experiment = _experiment(records, "train.steps=3", "train.log_every=1",
                              f"train.precision={precision!r}", "data.val_records=''",
                              "data.crop_size=(49, 49)")
