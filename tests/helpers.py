@@ -51,6 +51,33 @@ def assert_close(actual, expected, rel: float = 1e-5, err_msg: str = ""):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rel * scale, err_msg=err_msg)
 
 
+def assert_within_sum_bound(actual, expected, magnitude, terms: int, err_msg: str = ""):
+    """Two float32 computations of the same sums of products agree within the
+    round-off bound of a sum, whatever order either adds in.
+
+    A float32 sum of n products differs from the exact one by at most
+    gamma_n * sum|terms|, gamma_n = n u / (1 - n u), u = 2**-24 (Higham,
+    "Accuracy and Stability of Numerical Algorithms", 3.1): so two such
+    computations, by any kernels, blockings or thread counts, differ by at
+    most 2 gamma_n * sum|terms| per value.
+
+    Args:
+      actual, expected: Arrays of the same shape.
+      magnitude: sum|terms| of each value (e.g. the same linear op applied to
+        the absolute values of its operands), broadcastable to the arrays.
+      terms: The number n of products summed into one value (at most).
+    """
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    u = 2.0 ** -24
+    bound = 2 * terms * u / (1 - terms * u) * np.asarray(magnitude, np.float64)
+    excess = np.abs(actual - expected) - bound
+    assert np.all(excess <= 0), (
+        f"{err_msg}: {np.sum(excess > 0)} of {excess.size} values beyond the round-off "
+        f"bound of {terms}-term sums; largest difference {np.abs(actual - expected).max():.3g}"
+        f" where the bound there is {np.broadcast_to(bound, excess.shape).flat[np.argmax(excess)]:.3g}")
+
+
 def skip_without_kernels(precision: str) -> None:
     """Skips the calling test where this CPU has no kernels for `precision`
     (bfloat16 below oneDNN's AVX-512, e.g. with ONEDNN_MAX_CPU_ISA=AVX2), with

@@ -133,8 +133,9 @@ class AtrousConv2D(keras.layers.Conv2D):
     into the padding; on 2 CPU cores at output stride 16 (33x33 features at
     513x513) ASPP's rate-18 conv takes 12 ms instead of 74, the rate-6 conv
     20 instead of 36. Same variables as Conv2D, so checkpoints are unchanged.
-    Where the native kernel is missing (`native_dilated_conv_supported`), it
-    falls back to Keras' lowering.
+    Where the native kernel is missing (`native_dilated_conv_supported`: no
+    oneDNN, as on ARM or with TF_ENABLE_ONEDNN_OPTS=0), it falls back to
+    Keras' lowering, unless taps are asked for (they need no dilated kernel).
     """
 
     def call(self, inputs, training=None):
@@ -154,14 +155,18 @@ class AtrousConv2D(keras.layers.Conv2D):
             if training:
                 return conv1x1_matmul_gradients(inputs, kernel)
             return tf.nn.conv2d(inputs, kernel, 1, "VALID")
-        dtype = tf.as_dtype(inputs.dtype).name
-        if max(self.dilation_rate) == 1 or not native_dilated_conv_supported(dtype):
+        if max(self.dilation_rate) == 1:
             return super().convolution_op(inputs, kernel)
+        native = native_dilated_conv_supported(tf.as_dtype(inputs.dtype).name)
         kernel = tf.cast(kernel, inputs.dtype)
         if (self.padding == "same" and max(self.strides) == 1
                 and all(k % 2 for k in self.kernel_size)):
-            return atrous_conv(inputs, kernel, self.dilation_rate,
-                               atrous_conv_implementation(), training)
+            implementation = atrous_conv_implementation()
+            # Taps are matmuls: they need no native dilated kernel.
+            if native or implementation == "taps":
+                return atrous_conv(inputs, kernel, self.dilation_rate, implementation, training)
+        if not native:
+            return super().convolution_op(inputs, kernel)
         return tf.nn.conv2d(inputs, kernel, strides=self.strides,
                             padding=self.padding.upper(), dilations=self.dilation_rate)
 

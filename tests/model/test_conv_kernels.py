@@ -1,9 +1,12 @@
 """The atrous conv computed tap by tap equals the native dilated conv.
 
 Forward, input gradient and filter gradient of `conv_kernels.atrous_conv` in
-both implementations against `tf.nn.conv2d(..., dilations=rate)` and its own
-gradients, on odd and even sizes, rates from 2 to larger than the feature map,
-with shapes known while tracing and unknown (the exported signatures).
+both implementations against a reference that needs no dilated kernel (the
+kernel with rate - 1 zeros between its taps, in an ordinary conv, and that
+conv's gradients), on odd and even sizes, rates from 2 to larger than the
+feature map, with shapes known while tracing and unknown (the exported
+signatures). Values agree within the round-off bound of the sums they are
+(`assert_within_sum_bound`), on any CPU's kernels.
 """
 
 import keras
@@ -14,20 +17,48 @@ import tensorflow as tf
 from deeplabv3_tf.model import conv_kernels
 from deeplabv3_tf.model.conv_kernels import atrous_conv, atrous_conv_implementation
 from deeplabv3_tf.model.layers import AtrousConv2D
-from tests.helpers import assert_close, skip_without_kernels
+from deeplabv3_tf.model.layers import native_dilated_conv_supported
+from tests.helpers import assert_close, assert_within_sum_bound, skip_without_kernels
 
 SIZES = [(7, 9), (8, 8), (5, 6)]  # odd, even, mixed; rate 12 exceeds all of them
 RATES = [(2, 2), (3, 2), (12, 12)]
 
 
-def _reference(x, kernel, rate, linear=False):
-    """The native dilated conv and its autodiff gradients of a per-channel weighted loss."""
-    x, kernel = tf.constant(x), tf.constant(kernel)
+def _dilated(kernel, rate):
+    """[kh, kw, C, O] -> [(kh - 1) rh + 1, (kw - 1) rw + 1, C, O], zeros between taps."""
+    kh, kw, channels, filters = kernel.shape
+    rows = tf.repeat(tf.range(kh) * rate[0], kw)
+    columns = tf.tile(tf.range(kw) * rate[1], [kh])
+    shape = [(kh - 1) * rate[0] + 1, (kw - 1) * rate[1] + 1, channels, filters]
+    taps = tf.reshape(kernel, [kh * kw, channels, filters])
+    return tf.scatter_nd(tf.stack([rows, columns], 1), taps, shape)
+
+
+def _reference(x, kernel, rate, upstream=None):
+    """The atrous conv as an ordinary conv of the dilated kernel, and its gradients
+    (of the linear loss `_loss(y, linear=True)`, or of sum(y * upstream)), in
+    float32 whatever the inputs' dtype. `upstream`: the weights of that sum."""
+    x, kernel = tf.cast(x, tf.float32), tf.cast(kernel, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch([x, kernel])
-        y = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=list(rate))
-        loss = _loss(y, linear)
+        y = tf.nn.conv2d(x, _dilated(kernel, rate), 1, "SAME")
+        loss = _loss(y, linear=True) if upstream is None else tf.reduce_sum(y * upstream)
     return (y.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, kernel])))
+
+
+def _magnitudes(x, kernel, rate):
+    """sum|terms| of every output and gradient value: the same sums of the
+    operands' absolute values (the loss's gradient is its weights)."""
+    y = tf.nn.conv2d(tf.constant(x), _dilated(tf.constant(kernel), rate), 1, "SAME")
+    upstream = tf.abs(tf.cos(tf.cumsum(tf.ones_like(y), axis=2))) * tf.range(
+        1, y.shape[-1] + 1, dtype=tf.float32)
+    return _reference(np.abs(x), np.abs(kernel), rate, upstream=upstream)
+
+
+def _skip_without_native(dtype="float32"):
+    if not native_dilated_conv_supported(dtype):
+        pytest.skip(f"no native dilated {dtype} conv gradient in this TensorFlow's CPU kernels "
+                    "(Eigen's, without oneDNN)")
 
 
 def _loss(y, linear=False):
@@ -55,41 +86,61 @@ def _ours(x, kernel, rate, implementation, training, dynamic, linear=False):
     return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel))]
 
 
+# bfloat16: u = 2**-8. Each conv or matmul accumulates its products in float32 and
+# rounds its result once; the taps add up to 9 such results in bfloat16, and the
+# loss's gradient is rounded to bfloat16 once: at most 11 roundings of values no
+# larger than sum|terms|.
+BFLOAT16_BOUND = 11 * 2.0 ** -8
+
+
+def _check(got, x, kernel, rate, err_msg, bfloat16=False):
+    """Output, input gradient and filter gradient against the reference, within
+    the round-off bound of each value's sum (terms: 9 taps x input channels,
+    9 taps x output channels, one per input position)."""
+    x32, kernel32 = (np.asarray(tf.cast(t, tf.float32)) for t in (x, kernel))
+    expected, magnitudes = _reference(x32, kernel32, rate), _magnitudes(x32, kernel32, rate)
+    terms = (9 * kernel.shape[2], 9 * kernel.shape[3], int(np.prod(x.shape[:3])))
+    names = ("outputs", "input gradient", "filter gradient")
+    for name, a, b, m, n in zip(names, got, expected, magnitudes, terms):
+        assert a.shape == b.shape, name
+        if bfloat16:
+            assert a.dtype == tf.bfloat16.as_numpy_dtype, name
+            excess = np.abs(a.astype(np.float64) - b) - BFLOAT16_BOUND * m
+            assert np.all(excess <= 0), f"{name}, {err_msg}: {np.sum(excess > 0)} values"
+        else:
+            assert_within_sum_bound(a, b, m, n, err_msg=f"{name}, {err_msg}")
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("implementation,training", [("taps", False), ("taps", True),
                                                      ("native", True)])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_atrous_conv_equals_native_conv(size, rate, implementation, training, dynamic):
+    if implementation == "native":
+        _skip_without_native()
     rng = np.random.default_rng(sum(size) + rate[0])
     x = rng.normal(size=(2, *size, 5)).astype(np.float32)
     kernel = rng.normal(size=(3, 3, 5, 4)).astype(np.float32)
-    expected = _reference(x, kernel, rate)
-    got = _ours(x, kernel, rate, implementation, training, dynamic)
-    names = ("outputs", "input gradient", "filter gradient")
+    got = _ours(x, kernel, rate, implementation, training, dynamic, linear=True)
     # training=False has no custom gradient: autodiff of the taps' matmuls is checked too.
-    for name, a, b in zip(names, got, expected):
-        assert a.shape == b.shape, name
-        assert_close(a, b, rel=1e-5, err_msg=f"{name}, {implementation}, rate {rate}")
+    _check(got, x, kernel, rate, f"{implementation}, rate {rate}")
 
 
+@pytest.mark.parametrize("implementation", ["taps", "native"])
 @pytest.mark.parametrize("training", [False, True])
-def test_bfloat16_taps_round_like_the_native_conv(training):
+def test_bfloat16_taps_round_like_the_native_conv(training, implementation):
     """bfloat16 inputs: the taps and the native conv both stay within bfloat16
     round-off of the float32 result of the same (rounded) inputs."""
     skip_without_kernels("bfloat16")
+    if implementation == "native":
+        _skip_without_native("bfloat16")
     rng = np.random.default_rng(3)
     x = tf.cast(rng.normal(size=(1, 9, 10, 16)).astype(np.float32), tf.bfloat16)
     kernel = tf.cast(rng.normal(size=(3, 3, 16, 8)).astype(np.float32), tf.bfloat16)
     rate = (2, 3)
-    exact = _reference(tf.cast(x, tf.float32).numpy(), tf.cast(kernel, tf.float32).numpy(), rate,
-                       linear=True)
-    for implementation in ("taps", "native"):
-        got = _ours(x, kernel, rate, implementation, training, dynamic=False, linear=True)
-        for a, b in zip(got, exact):
-            assert a.dtype == tf.bfloat16.as_numpy_dtype
-            # 8 significant bits, and the sum of up to 9 rounded taps.
-            assert_close(a.astype(np.float32), b, rel=5e-2)
+    got = _ours(x, kernel, rate, implementation, training, dynamic=False, linear=True)
+    _check(got, x, kernel, rate, implementation, bfloat16=True)
 
 
 def test_taps_leave_out_what_only_sees_padding():
@@ -108,6 +159,8 @@ def test_atrous_layer_takes_the_implementation_asked_for(policy, implementation,
     """AtrousConv2D with DEEPLABV3_ATROUS_CONV set computes Keras' conv, in
     training (gradients too) and inference; taps show as matmuls in the graph."""
     skip_without_kernels(policy)
+    if implementation == "native":
+        _skip_without_native(policy.rsplit("_", 1)[-1])
     monkeypatch.setenv(conv_kernels.ENVIRONMENT_VARIABLE, implementation)
     rng = np.random.default_rng(4)
     x = tf.constant(rng.normal(size=(2, 11, 10, 6)).astype(np.float32))
@@ -118,18 +171,41 @@ def test_atrous_layer_takes_the_implementation_asked_for(policy, implementation,
     ours.set_weights(reference.get_weights())
     graph = tf.function(lambda t: ours(t)).get_concrete_function(x).graph
     assert any(op.type == "MatMul" for op in graph.get_operations()) == (implementation == "taps")
-    rel = 1e-5 if policy == "float32" else 5e-2
+    bfloat16 = policy == "mixed_bfloat16"
+    kernel, bias = (np.asarray(tf.cast(tf.cast(w, ours.compute_dtype), tf.float32))
+                    for w in ours.get_weights())
+    x32 = np.asarray(tf.cast(tf.cast(x, ours.compute_dtype), tf.float32))
+    rate = (4, 4)
+    # The loss is linear (`_loss(y, linear=True)`): its gradient, the same for
+    # both layers, is a per-position, per-channel weight; a bias adds one term
+    # to each output, and its gradient sums the weights over B x H x W.
+    exact = list(_reference(x32, kernel, rate))
+    exact[0] = exact[0] + bias
+    magnitudes = list(_magnitudes(x32, kernel, rate))
+    magnitudes[0] = magnitudes[0] + np.abs(bias)
+    upstream = np.abs(np.cos(np.arange(1, 11))[None, None, :, None]) * np.arange(1, 6)
+    weights = np.broadcast_to(upstream, exact[0].shape).sum(axis=(0, 1, 2))
     for training in (False, True):
         results = []
         for layer in (reference, ours):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                loss = _loss(layer(x, training=training))
-            results.append([g.numpy().astype(np.float32)
-                            for g in tape.gradient(loss, [x, *layer.trainable_weights])])
-            results[-1].append(float(loss))
-        for a, b in zip(*results):
-            assert_close(np.asarray(a), np.asarray(b), rel=rel)
+                y = layer(x, training=training)
+                loss = _loss(y, linear=True)
+            results.append([np.asarray(tf.cast(t, tf.float32)) for t in (
+                y, *tape.gradient(loss, [x, *layer.trainable_weights]))])
+        for i, (a, b) in enumerate(zip(*results)):
+            name = ("outputs", "input gradient", "filter gradient", "bias gradient")[i]
+            if i == 3:  # a sum of the loss's weights: the same in both, to round-off
+                assert_within_sum_bound(a, b, weights, 2 * 11 * 10, err_msg=name)
+            elif bfloat16:
+                for c in (a, b):
+                    excess = np.abs(c - exact[i]) - (BFLOAT16_BOUND + 2.0 ** -8) * magnitudes[i]
+                    assert np.all(excess <= 0), f"{name}, training={training}"
+            else:
+                terms = (9 * 6 + 1, 9 * 5, 2 * 11 * 10)[i]
+                assert_within_sum_bound(a, b, magnitudes[i], terms,
+                                        err_msg=f"{name}, training={training}")
 
 
 def test_implementation_choice(monkeypatch):

@@ -85,11 +85,59 @@ def test_atrous_conv_equals_keras_conv(kernel, strides, rate, padding, path, tra
         assert_close(a.astype(np.float32), b.astype(np.float32), rel=GRAD_REL[policy])
 
 
+def _batch_norm_exact(x, gamma, beta, upstream, epsilon):
+    """Training-mode BatchNorm in float64, and a first-order bound on the float32
+    round-off of any computation of it.
+
+    y = gamma x^ + beta, x^ = (x - m) / s, s = sqrt(v + eps), m and v (biased) the
+    means over the N = B H W positions of a channel; the gradients of
+    sum(y * upstream): dx = gamma / s (r - mean(r) - x^ mean(r x^)), dgamma =
+    sum(r x^), dbeta = sum(r). Each N-term mean is off by at most gamma_N times
+    the mean of its terms' magnitudes (`assert_within_sum_bound`); the variance
+    by gamma_N 2 E[x^2] (either formula), so s by gamma_N E[x^2] / v relatively:
+    far more than the result's own size where E[x^2] >> v, as in the input
+    gradient, a difference of terms much larger than itself. The bounds add up
+    those errors through the formulas, plus one rounding (u) per operation.
+
+    Returns:
+      ([y, dx, dgamma, dbeta], [their bounds]), float64.
+    """
+    x, upstream = x.astype(np.float64), upstream.astype(np.float64)
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    u = 2.0 ** -24
+    g_n = n * u / (1 - n * u)
+    axes = (0, 1, 2)
+    m, v = x.mean(axes), x.var(axes)
+    s = np.sqrt(v + epsilon)
+    xh = (x - m) / s
+    y = gamma * xh + beta
+    r = upstream
+    mean_r, mean_rxh = r.mean(axes), (r * xh).mean(axes)
+    dx = gamma / s * (r - mean_r - xh * mean_rxh)
+    exact = [y, dx, (r * xh).sum(axes), r.sum(axes)]
+
+    relative_s = g_n * (x ** 2).mean(axes) / v + 2 * u
+    d_xh = g_n * np.abs(x).mean(axes) / s + np.abs(xh) * relative_s + 2 * u * np.abs(xh)
+    d_y = np.abs(gamma) * d_xh + 2 * u * (np.abs(gamma * xh) + np.abs(beta))
+    d_mean_rxh = g_n * np.abs(r * xh).mean(axes) + (np.abs(r) * d_xh).mean(axes)
+    d_dx = (np.abs(gamma / s) * (g_n * np.abs(r).mean(axes) + d_xh * np.abs(mean_rxh)
+                                 + np.abs(xh) * d_mean_rxh)
+            + np.abs(dx) * relative_s
+            + 4 * u * np.abs(gamma / s) * (np.abs(r) + np.abs(mean_r) + np.abs(xh * mean_rxh)))
+    d_dgamma = g_n * np.abs(r * xh).sum(axes) + (np.abs(r) * d_xh).sum(axes)
+    d_dbeta = g_n * np.abs(r).sum(axes)
+    return exact, [d_y, d_dx, d_dgamma, d_dbeta]
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_fused_batch_norm_equals_keras_batch_norm(policy):
+    """Both layers within float32 round-off of the exact BatchNorm (float64), in
+    training: outputs, gradients (of a loss linear in y, so that the gradient
+    reaching the layer is the same for both), moving statistics."""
     skip_without_kernels(policy)
     rng = np.random.default_rng(1)
     x = rng.normal(1.5, 2.0, (2, 9, 11, 8)).astype(np.float32)
+    upstream = rng.normal(0, 1, x.shape).astype(np.float32)
     reference = keras.layers.BatchNormalization(momentum=0.9, dtype=policy)
     ours = FusedBatchNormalization(momentum=0.9, dtype=policy)
     for layer in (reference, ours):
@@ -97,21 +145,54 @@ def test_fused_batch_norm_equals_keras_batch_norm(policy):
         layer.set_weights([rng.uniform(0.5, 1.5, 8), rng.normal(0, 1, 8),
                            rng.normal(0, 1, 8), rng.uniform(0.5, 2, 8)] if layer is reference
                           else reference.get_weights())
-    # bfloat16 results of float32 computations rounded once: one unit in the
-    # last place (2**-7 of the value) apart at most.
-    rel = 1e-5 if policy == "float32" else 2.0 ** -7
-    y_ref, g_ref = _value_and_grads(reference, x, training=True)
-    y, g = _value_and_grads(ours, x, training=True)
-    assert y.dtype == y_ref.dtype
-    assert_close(y.astype(np.float32), y_ref.astype(np.float32), rel=rel)
-    # The input gradient subtracts batch means of terms far larger than itself.
-    for a, b in zip(g, g_ref):
-        assert_close(a, b, rel=max(1e-3, 10 * rel))
-    # Moving statistics updated the same way (biased batch variance, as Keras).
-    assert_close(ours.moving_mean.numpy(), reference.moving_mean.numpy(), rel=1e-6)
-    assert_close(ours.moving_variance.numpy(), reference.moving_variance.numpy(), rel=1e-5)
+    gamma, beta, moving_mean, moving_variance = (w.astype(np.float64)
+                                                 for w in reference.get_weights())
+    bfloat16 = policy == "mixed_bfloat16"
+    # The layers compute on their input rounded to bfloat16 (then in float32); their
+    # output is rounded once more, as is the gradient that reaches them.
+    x_in = np.asarray(tf.cast(tf.cast(x, tf.bfloat16), tf.float32)) if bfloat16 else x
+    exact, bounds = _batch_norm_exact(x_in, gamma, beta, upstream, reference.epsilon)
+    if bfloat16:
+        u = 2.0 ** -8
+        s = np.sqrt(x_in.astype(np.float64).var((0, 1, 2)) + reference.epsilon)
+        bounds[0] = bounds[0] + u * np.abs(exact[0])
+        xh = (x_in - x_in.mean((0, 1, 2))) / s
+        r = np.abs(upstream.astype(np.float64))
+        bounds[1] = bounds[1] + u * (np.abs(exact[1]) + np.abs(gamma / s) * (
+            r + r.mean((0, 1, 2)) + np.abs(xh) * (r * np.abs(xh)).mean((0, 1, 2))))
+        bounds[2] = bounds[2] + u * (r * np.abs(xh)).sum((0, 1, 2))
+        bounds[3] = bounds[3] + u * np.abs(upstream).sum((0, 1, 2))
+    names = ("outputs", "input gradient", "gamma gradient", "beta gradient")
+    for layer in (reference, ours):
+        with tf.GradientTape() as tape:
+            inputs = tf.constant(x)
+            tape.watch(inputs)
+            y = layer(inputs, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+        got = [y, *tape.gradient(loss, [inputs, layer.gamma, layer.beta])]
+        assert y.dtype == ("bfloat16" if bfloat16 else "float32")
+        for name, value, expected, bound in zip(names, got, exact, bounds):
+            difference = np.abs(np.asarray(tf.cast(value, tf.float32), np.float64) - expected)
+            assert np.all(difference <= bound), (
+                f"{type(layer).__name__} {name}: {np.sum(difference > bound)} values beyond "
+                f"the bound, worst {np.max(difference / bound):.2f}x")
+    # Moving statistics updated the same way (biased batch variance, as Keras):
+    # 0.9 old + 0.1 batch, the batch statistics within their bounds above.
+    n = x.size // 8
+    g_n = n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+    x64 = x_in.astype(np.float64)
+    expected_mean = 0.9 * moving_mean + 0.1 * x64.mean((0, 1, 2))
+    expected_variance = 0.9 * moving_variance + 0.1 * x64.var((0, 1, 2))
+    for layer in (reference, ours):
+        np.testing.assert_array_less(np.abs(layer.moving_mean.numpy() - expected_mean),
+                                     g_n * np.abs(x64).mean((0, 1, 2)) + 1e-7 * np.abs(
+                                         expected_mean) + 1e-12)
+        np.testing.assert_array_less(np.abs(layer.moving_variance.numpy() - expected_variance),
+                                     0.2 * g_n * (x64 ** 2).mean((0, 1, 2)) + 1e-7 * np.abs(
+                                         expected_variance))
+    # Inference mode: the moving statistics, the same affine map per channel.
     assert_close(ours(x).numpy().astype(np.float32), reference(x).numpy().astype(np.float32),
-                 rel=rel)
+                 rel=2.0 ** -8 if bfloat16 else 1e-6)
 
 
 def _randomised_model(config):
