@@ -25,7 +25,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Pair, describe_cpu, median_pair, r101_training_step  # noqa: E402
+from common import (Pair, describe_cpu, median_pair, r101_training_step,  # noqa: E402
+                    runnable)
 
 import tensorflow as tf  # noqa: E402
 
@@ -124,7 +125,7 @@ def main():
     parser.add_argument("--whole", action="store_true")
     parser.add_argument("--train", action="store_true")
     args = parser.parse_args()
-    dtypes = args.dtypes.split(",")
+    dtypes = runnable(args.dtypes.split(","))
     print(describe_cpu())
     single_convs(dtypes, args.runs)
     if args.whole:

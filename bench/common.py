@@ -176,6 +176,19 @@ def bfloat16_kernels() -> dict[str, str]:
     return found
 
 
+def runnable(precisions) -> tuple[str, ...]:
+    """The `precisions` whose kernels this CPU has, in order; says once which
+    bfloat16 rows are left out and why (`deeplabv3_tf.precision`)."""
+    from deeplabv3_tf.precision import bfloat16_unsupported_reason, compute_dtype
+
+    wanted = [p for p in precisions if compute_dtype(p) == "bfloat16"]
+    reason = bfloat16_unsupported_reason() if wanted else None
+    if reason:
+        print(f"left out ({', '.join(wanted)}): {reason}")
+        return tuple(p for p in precisions if p not in wanted)
+    return tuple(precisions)
+
+
 def describe_cpu() -> str:
     """The CPU's name, the kernel-deciding features it has, and whether bfloat16
     convolutions and matmuls run on AMX: the first line of every speed figure."""

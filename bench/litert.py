@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (describe_cpu, litert_seconds, median_seconds,  # noqa: E402
-                          random_calibration)
+                          random_calibration, runnable)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -45,7 +45,7 @@ def main():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (1, *size, 3), dtype=np.uint8)
     rows = []
-    for precision in ("float32", "bfloat16"):
+    for precision in runnable(("float32", "bfloat16")):
         folded = fold_batch_norm(model, config, precision)
         predict = tf.function(lambda x, m=folded: tf.argmax(m(tf.cast(x, tf.float32)), -1))
         seconds = median_seconds(lambda: predict(pixels).numpy(), args.runs)

@@ -22,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (describe_cpu, litert_seconds, median_seconds,  # noqa: E402
-                          random_calibration, random_weights_run)
+                          random_calibration, random_weights_run, runnable)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -63,7 +63,7 @@ def main():
         rows.append((name, "parameters / GMACs", "", f"{params:,} / {gmacs:.2f}", ""))
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = random_weights_run(experiment, os.path.join(tmp, "run"))
-            for precision in ("float32", "bfloat16"):
+            for precision in runnable(("float32", "bfloat16")):
                 version = export_saved_model(run_dir, os.path.join(tmp, precision),
                                              ExportOptions(precision=precision),
                                              log=lambda _: None)

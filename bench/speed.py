@@ -45,7 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (describe_cpu, matmul_peak_gflops, median_pair,  # noqa: E402
                     median_with_peak, peak_rss_mib, r101_training_step, random_weights_run,
-                    run_child)
+                    run_child, runnable)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -96,9 +96,10 @@ def section_inference(args):
         model = build_deeplabv3(config)
         macs = _macs(config, size, size)
         variants = [("trained graph float32", model, tf.float32),
-                    ("BN folded float32", fold_batch_norm(model, config), tf.float32),
-                    ("BN folded bfloat16", fold_batch_norm(model, config, "bfloat16"),
-                     tf.bfloat16)]
+                    ("BN folded float32", fold_batch_norm(model, config), tf.float32)]
+        if "bfloat16" in runnable(("bfloat16",)):
+            variants.append(("BN folded bfloat16", fold_batch_norm(model, config, "bfloat16"),
+                             tf.bfloat16))
         for name, graph, dtype in variants:
             run = tf.function(lambda x, graph=graph: graph(x, training=False))
             seconds, peak = median_with_peak(lambda: run(image).numpy(), dtype, args.runs)
@@ -144,7 +145,7 @@ def section_training(args):
           "(FLOPs = 3 x forward); each row in its own process")
     print(f"{'precision':<18}{'s/step':>8}{'img/s':>7}{'GFLOP/s':>9}{'% all':>8}{'% inside':>9}"
           f"{'peak RSS MiB':>14}")
-    for precision in ("float32", "mixed_bfloat16"):
+    for precision in runnable(("float32", "mixed_bfloat16")):
         r = run_child([sys.executable, __file__, "--child_training", precision,
                        "--runs", str(args.runs)], precision)
         if r is None:
@@ -181,7 +182,7 @@ def section_serving(args):
         model, _, _ = load_trained_model(run_dir)
         exports = {p: tf.saved_model.load(export_saved_model(
             run_dir, os.path.join(tmp, p), ExportOptions(precision=p), log=lambda _: None))
-            for p in ("float32", "bfloat16")}
+            for p in runnable(("float32", "bfloat16"))}
         # In memory, the graph each export holds: BN folded, in its precision.
         graphs = {p: fold_batch_norm(model, experiment.model, p) for p in exports}
         images = [rng.integers(0, 255, (1, *hw, 3), np.uint8) for hw in (size, other)]
@@ -221,12 +222,13 @@ def section_serving(args):
               f"(multiscale_flip: 6 scales + flip, median of fewer; two sizes: {size[0]}x"
               f"{size[1]} then {other[0]}x{other[1]}, both); in memory: the BN-folded graph of "
               "the same precision, called as the signature calls it")
-        print(f"{'signature':<24}{'float32: in memory':>20}{'export':>8}{'ratio':>7}"
-              f"{'bfloat16: in memory':>21}{'export':>8}{'ratio':>7}")
+        print(f"{'signature':<24}" + "".join(
+            f"{p + ': in memory':>{20 + (p != 'float32')}}{'export':>8}{'ratio':>7}"
+            for p in exports))
         for name in calls["float32"][0]:
             runs = max(1, args.runs // 3) if name == "multiscale_flip" else args.runs
             line = f"{name:<24}"
-            for precision, width in (("float32", 20), ("bfloat16", 21)):
+            for precision, width in ((p, 20 + (p != "float32")) for p in exports):
                 memory_call, export_call = (c[name] for c in calls[precision])
                 # Alternated; ratio = the median of export / in memory over the rounds.
                 pair = median_pair(memory_call, export_call, runs)

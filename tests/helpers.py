@@ -30,6 +30,22 @@ def tiny_mobilenet_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
+# Float32 round-off of a network's logits, relative to the largest |logit|, when the
+# same function runs in another graph, batch or kernel (`assert_close`); folding
+# BatchNorm into the convs reorders products through every layer: ten times that
+# (tests/model/test_fold.py holds the folded graph to it).
+LOGIT_REL = 1e-5
+FOLDED_LOGIT_REL = 1e-4
+
+
+def probability_bound(logit_bound: float) -> float:
+    """How far softmax probabilities may move when the logits move by at most
+    `logit_bound`: the softmax's Jacobian has row sums 2 p_i (1 - p_i) <= 1/2,
+    and averages of probabilities (windows, flips, scales; bilinear resizing
+    too: convex combinations) do not grow an error."""
+    return 0.5 * logit_bound
+
+
 def assert_close(actual, expected, rel: float = 1e-5, err_msg: str = ""):
     """Two computations of the same function agree to round-off.
 

@@ -7,20 +7,14 @@ import tensorflow as tf
 from deeplabv3_tf.inference import (
     Windows, predict_labels, predict_probabilities, window_starts)
 from deeplabv3_tf.model import build_deeplabv3
-from tests.helpers import tiny_config
+from tests.helpers import LOGIT_REL, probability_bound, tiny_config
 
 CLASSES = 5
-# Float32 round-off of the network's logits, relative to the largest of them, when
-# the same image runs in another graph, batch or kernel (`helpers.assert_close`).
-LOGIT_REL = 1e-5
+pytestmark = pytest.mark.numerics
 
 
-def _probability_bound(logits_scale):
-    """How far probabilities may move when the logits move by LOGIT_REL of
-    `logits_scale`: the softmax's Jacobian has row sums 2 p_i (1 - p_i) <= 1/2,
-    and averaging windows, flips and scales (convex combinations, bilinear
-    resizing too) does not grow an error."""
-    return 0.5 * LOGIT_REL * logits_scale
+def _probability_bound(largest_logit):
+    return probability_bound(LOGIT_REL * largest_logit)
 
 
 @pytest.fixture(scope="module")

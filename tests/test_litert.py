@@ -25,6 +25,7 @@ AGREEMENT = {"none": 0.999, "float16": 0.995, "dynamic_int8": 0.98}
 INT8_MIOU_MARGIN = 0.02
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("quantization", ["none", "float16", "dynamic_int8", "int8"])
 def test_each_quantization_against_the_float_model(trained_run, tmp_path, quantization):
     path = str(tmp_path / f"{quantization}.tflite")
@@ -57,6 +58,7 @@ def test_each_quantization_against_the_float_model(trained_run, tmp_path, quanti
         assert "float32" in tensor_types(content)
 
 
+@pytest.mark.numerics
 def test_converted_graph_is_the_inference_graph(trained_run):
     """BatchNorm with its moving statistics, dropout off: a graph converted in training
     mode (keras-team/keras-hub#2495) gives other probabilities."""

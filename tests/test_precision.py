@@ -47,6 +47,7 @@ def test_float_precisions_are_never_probed(monkeypatch):
         check_precision("bfloat16")
 
 
+@pytest.mark.numerics
 def test_the_probe_says_what_a_bfloat16_conv_does_here():
     """The child process's answer is what a bfloat16 conv does in this one
     (the conv fails catchably where the kernels are missing; a matmul would

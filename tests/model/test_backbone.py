@@ -109,6 +109,7 @@ def test_v1_stem_layers():
     assert c2.shape == (1, 9, 9, 32)
 
 
+@pytest.mark.numerics
 def test_strided_features_do_not_depend_on_size_parity():
     # With symmetric padding, feature (i, j) always sits on input pixel
     # (s*i, s*j): dropping the last row and column of an odd-sized image keeps

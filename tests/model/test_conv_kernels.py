@@ -23,6 +23,8 @@ from tests.helpers import assert_close, assert_within_sum_bound, skip_without_ke
 SIZES = [(7, 9), (8, 8), (5, 6)]  # odd, even, mixed; rate 12 exceeds all of them
 RATES = [(2, 2), (3, 2), (12, 12)]
 
+pytestmark = pytest.mark.numerics
+
 
 def _dilated(kernel, rate):
     """[kh, kw, C, O] -> [(kh - 1) rh + 1, (kw - 1) rw + 1, C, O], zeros between taps."""

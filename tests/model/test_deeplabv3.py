@@ -29,6 +29,7 @@ def test_full_size_input_513():
     assert model(_images(1, 513, 513)).shape == (1, 513, 513, 5)
 
 
+@pytest.mark.numerics
 def test_runs_in_tf_function_with_unknown_size():
     model = build_deeplabv3(tiny_config())
     predict = tf.function(
@@ -74,6 +75,7 @@ def test_every_trainable_variable_gets_a_gradient():
     assert len(model.trainable_variables) > 50
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_keeps_logits_and_pool_resize_float32(policy, dtype_policy):
     skip_without_kernels(policy)
@@ -92,6 +94,7 @@ def test_mixed_precision_keeps_logits_and_pool_resize_float32(policy, dtype_poli
     assert np.all(np.isfinite(logits.numpy()))
 
 
+@pytest.mark.numerics
 def test_image_pooling_branch_is_the_global_mean(tmp_path):
     model = build_deeplabv3(tiny_config())
     probe = keras.Model(model.input, [model.get_layer("aspp_pool_mean").output,
@@ -114,6 +117,7 @@ def test_aspp_rates_scale_with_output_stride():
     assert [model.get_layer(f"aspp_{i}_conv").dilation_rate[0] for i in (1, 2, 3)] == [12, 24, 36]
 
 
+@pytest.mark.numerics
 def test_save_and_reload_give_identical_outputs(tmp_path):
     model = build_deeplabv3(tiny_config())
     # Move BN statistics away from their initial values.

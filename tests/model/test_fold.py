@@ -17,6 +17,8 @@ from deeplabv3_tf.model.fold import fold_batch_norm
 from deeplabv3_tf.model.layers import AtrousConv2D, FusedBatchNormalization
 from tests.helpers import assert_close, skip_without_kernels, tiny_config, tiny_mobilenet_config
 
+pytestmark = pytest.mark.numerics
+
 
 def _value_and_grads(layer, x, **call):
     x = tf.constant(x)

@@ -53,6 +53,7 @@ def resnet101_h5(tmp_path_factory):
     return reference, str(path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("size", [(97, 131), (96, 130)])
 def test_loaded_backbone_matches_keras_applications(resnet101_h5, size):
     reference, path = resnet101_h5
@@ -71,6 +72,7 @@ def test_loaded_backbone_matches_keras_applications(resnet101_h5, size):
     np.testing.assert_allclose(got / scale, expected / scale, atol=2e-5)
 
 
+@pytest.mark.numerics
 def test_same_weights_load_and_run_dilated(resnet101_h5):
     _, path = resnet101_h5
     config = keras_applications_compatible(ModelConfig(depth=101, output_stride=16))
@@ -97,6 +99,7 @@ def _tiny_h5(tmp_path, **overrides):
     return source, str(path)
 
 
+@pytest.mark.numerics
 def test_tiny_round_trip_is_exact(tmp_path):
     source, path = _tiny_h5(tmp_path)
     randomize(source, seed=4)

@@ -60,6 +60,7 @@ def torchvision_reference(arch: str, seed: int, directory, sizes=SIZES, source=S
     return os.path.join(directory, f"{arch}.pth"), outputs
 
 
+@pytest.mark.numerics
 @pytest.mark.skipif(not HAVE_TORCHVISION, reason="torchvision is not installed or does not import")
 @pytest.mark.parametrize("arch", ["deeplabv3_resnet101", "resnet101",
                                   "deeplabv3_mobilenet_v3_large", "mobilenet_v3_large"])
@@ -85,6 +86,7 @@ def deeplab_r50(tmp_path_factory):
     return outputs, pth, run, provenance
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("size", SIZES)
 def test_deeplabv3_r50_logits_equal_torchvision(deeplab_r50, size):
     reference, _, run, _ = deeplab_r50
@@ -101,6 +103,7 @@ def test_deeplabv3_r50_logits_equal_torchvision(deeplab_r50, size):
     assert experiment.data.class_names[15] == "person"
 
 
+@pytest.mark.numerics
 def test_deeplabv3_aux_head_equals_torchvision(deeplab_r50):
     from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, build_deeplabv3
 
@@ -141,6 +144,7 @@ def resnet50(tmp_path_factory):
     return outputs, pth, run
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("size", SIZES)
 def test_resnet50_backbone_and_classifier_equal_torchvision(resnet50, size):
     reference, _, run = resnet50
@@ -284,6 +288,7 @@ def deeplab_mobilenet(tmp_path_factory):
     return outputs, pth, run, provenance
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("size", MOBILENET_SIZES)
 def test_deeplabv3_mobilenet_v3_equals_torchvision(deeplab_mobilenet, size):
     """Logits and the auxiliary head's (on features[4], the first block of the
@@ -330,6 +335,7 @@ def test_deeplabv3_mobilenet_v3_export_masks_equal_torchvision(deeplab_mobilenet
         np.testing.assert_array_equal(mask[decided], expected.argmax(-1)[decided])
 
 
+@pytest.mark.numerics
 def test_mobilenet_v3_classifier_equals_torchvision_and_initialises_deeplab(tmp_path):
     from deeplabv3_tf.config import ModelConfig, torchvision_deeplabv3
     from deeplabv3_tf.model.deeplabv3 import build_deeplabv3

@@ -68,6 +68,7 @@ ONE_STEP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.numerics
 def test_two_replicas_with_sync_bn_match_one_replica(tmp_path):
     out = tmp_path / "weights.npz"
     result = subprocess.run([sys.executable, "-c", ONE_STEP, str(out)], cwd=ROOT,
