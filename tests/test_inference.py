@@ -10,7 +10,6 @@ from deeplabv3_tf.model import build_deeplabv3
 from tests.helpers import LOGIT_REL, probability_bound, tiny_config
 
 CLASSES = 5
-pytestmark = pytest.mark.numerics
 
 
 def _probability_bound(largest_logit):
@@ -104,6 +103,7 @@ def test_window_covering_the_image_is_whole_image_inference(model, height, width
     np.testing.assert_array_equal(windowed.numpy(), whole.numpy())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("height,width,windows,flip", [
     (75, 101, Windows((40, 50), (25, 30), batch=2), True),   # odd sizes, 2 windows a call
     (75, 101, Windows((40, 50), (25, 30), batch=5), False),  # a row of windows a call
@@ -127,6 +127,7 @@ def test_overlapping_windows_equal_the_numpy_combination(model, height, width, w
         np.testing.assert_array_equal(lab[clear], expected.argmax(-1)[clear])
 
 
+@pytest.mark.numerics
 def test_multiscale_windows_equal_the_numpy_combination(model):
     # At 0.5 the 59x77 image fits in one window; at 1.5 it does not.
     scales, windows = (0.5, 1.5), Windows((36, 44), (20, 30), batch=3)

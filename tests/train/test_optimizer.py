@@ -61,7 +61,8 @@ COMPARE = textwrap.dedent("""
         _, _, keras_state, _ = run(keras.optimizers.SGD, **options)
         moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, weights))
         difference = max(float(np.abs(a - b).max()) for a, b in zip(state, keras_state))
-        print("RESULT", ",".join(sorted(options)), fused, len(state), moved, difference)
+        scale = max(float(np.abs(a).max()) for a in keras_state)
+        print("RESULT", ",".join(sorted(options)), fused, len(state), moved, difference, scale)
 """)
 
 
@@ -75,12 +76,16 @@ def test_fused_sgd_updates_as_keras_sgd(replicas):
              if line.startswith("RESULT")]
     assert len(lines) == 3
     for line in lines:
-        options, fused, count, moved, difference = line.split(" ")
+        options, fused, count, moved, difference, scale = line.split(" ")
         # The fused kernel updates each of the 6 variables on each replica
         # (Nesterov and plain SGD take Keras' update).
         assert int(fused) == (6 * replicas if options == "momentum" else 0), options
-        # Every weight and momentum (each replica's copy) compared; the
-        # weights moved far more than the two optimizers differ.
+        # Every weight and momentum (each replica's copy) compared. The two
+        # optimizers differ at most by where their few elementwise float32 ops
+        # round (u = 2**-24 of the values) in each of the three steps, and what
+        # that does to the next steps' gradients in a net this small: 1e-5 of
+        # the largest value leaves 160 such roundings. A wrong update (momentum,
+        # Nesterov, learning rate) is off by about the step, > 1e-2.
         assert int(count) >= (12 if "momentum" in options else 6) * replicas
         assert float(moved) > 1e-2, options
-        assert float(difference) <= 1e-6 * float(moved), options
+        assert float(difference) <= 1e-5 * float(scale), options

@@ -89,11 +89,16 @@ def test_two_replicas_with_sync_bn_match_one_replica(tmp_path):
     moved = 0
     for i in range(count):
         one, two, init = weights[f"one_{i}"], weights[f"two_{i}"], weights[f"init_{i}"]
-        np.testing.assert_allclose(two, one, rtol=2e-4, atol=2e-6, err_msg=f"weight {i}")
-        # Both started from the same weights, and the step moved them far more
-        # than the two runs differ.
-        assert np.abs(init - one).max() == 0 or np.abs(init - one).max() > 100 * np.abs(two - one).max()
-        moved += np.abs(init - one).max() > 0
+        # Both started from the same weights; the step moved them far more than
+        # the two runs differ. The runs' gradients (and synchronised batch
+        # statistics) are the same sums over the global batch, added in another
+        # order: each differs from the exact sum by at most gamma_n ~ 6e-4 (n ~ 1e4
+        # pixels) of its terms' magnitudes, far less than the step they make.
+        # Per-replica normalisation or unsynchronised statistics move it by tens
+        # of percent (replica 0's half is almost all ignored pixels).
+        step = np.abs(init - one).max()
+        assert np.abs(two - one).max() <= 1e-2 * step, f"weight {i}"
+        moved += step > 0
     assert moved > count // 2
 
 
