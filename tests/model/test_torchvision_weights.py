@@ -86,7 +86,6 @@ def deeplab_r50(tmp_path_factory):
     return outputs, pth, run, provenance
 
 
-@pytest.mark.numerics
 @pytest.mark.parametrize("size", SIZES)
 def test_deeplabv3_r50_logits_equal_torchvision(deeplab_r50, size):
     reference, _, run, _ = deeplab_r50
@@ -103,7 +102,6 @@ def test_deeplabv3_r50_logits_equal_torchvision(deeplab_r50, size):
     assert experiment.data.class_names[15] == "person"
 
 
-@pytest.mark.numerics
 def test_deeplabv3_aux_head_equals_torchvision(deeplab_r50):
     from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, build_deeplabv3
 
@@ -335,7 +333,6 @@ def test_deeplabv3_mobilenet_v3_export_masks_equal_torchvision(deeplab_mobilenet
         np.testing.assert_array_equal(mask[decided], expected.argmax(-1)[decided])
 
 
-@pytest.mark.numerics
 def test_mobilenet_v3_classifier_equals_torchvision_and_initialises_deeplab(tmp_path):
     from deeplabv3_tf.config import ModelConfig, torchvision_deeplabv3
     from deeplabv3_tf.model.deeplabv3 import build_deeplabv3

@@ -66,7 +66,6 @@ COMPARE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.numerics
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_fused_sgd_updates_as_keras_sgd(replicas):
     result = subprocess.run([sys.executable, "-c", COMPARE, str(replicas)], cwd=ROOT,

@@ -195,7 +195,6 @@ def test_other_model_in_model_dir_is_refused(records, tmp_path):
         train(other, str(tmp_path / "run"), **QUIET)
 
 
-@pytest.mark.numerics
 def test_jit_compiled_steps_match_plain_steps(records, tmp_path):
     experiment = _experiment(records, "train.steps=2", "train.log_every=1",
                              "data.val_records=''", "data.crop_size=(49, 49)",
