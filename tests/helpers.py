@@ -2,6 +2,8 @@
 
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,14 @@ from deeplabv3_tf.precision import bfloat16_unsupported_reason, compute_dtype
 
 # The repository root: the working directory of the tools the tests run.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool(*args, env=None) -> subprocess.CompletedProcess:
+    """A command-line tool (tools/*.py and its flags) as users run it: from the
+    repository, without the test session's TF_CPP_MIN_LOG_LEVEL."""
+    env = {k: v for k, v in (env or os.environ).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -83,15 +93,23 @@ def assert_within_sum_bound(actual, expected, magnitude, terms: int, err_msg: st
         the absolute values of its operands), broadcastable to the arrays.
       terms: The number n of products summed into one value (at most).
     """
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
     u = 2.0 ** -24
     bound = 2 * terms * u / (1 - terms * u) * np.asarray(magnitude, np.float64)
-    excess = np.abs(actual - expected) - bound
+    assert_within_bound(actual, expected, bound, f"{err_msg} ({terms}-term sums)")
+
+
+def assert_within_bound(actual, expected, bound, err_msg: str = ""):
+    """|actual - expected| <= bound, value by value (`bound` broadcastable to the
+    arrays, in float64): for bounds a test derives from its computation."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    bound = np.broadcast_to(np.asarray(bound, np.float64), actual.shape)
+    difference = np.abs(actual - expected)
+    excess = difference - bound
     assert np.all(excess <= 0), (
         f"{err_msg}: {np.sum(excess > 0)} of {excess.size} values beyond the round-off "
-        f"bound of {terms}-term sums; largest difference {np.abs(actual - expected).max():.3g}"
-        f" where the bound there is {np.broadcast_to(bound, excess.shape).flat[np.argmax(excess)]:.3g}")
+        f"bound; largest difference {difference.max():.3g} where the bound there is "
+        f"{bound.flat[np.argmax(excess)]:.3g}")
 
 
 def skip_without_kernels(precision: str) -> None:

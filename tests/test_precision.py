@@ -2,8 +2,6 @@
 
 import os
 import platform
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
@@ -11,7 +9,7 @@ import tensorflow as tf
 from deeplabv3_tf.precision import (
     UnsupportedPrecisionError, bfloat16_unsupported_reason, check_precision, cpu_flags,
     explain_missing_bfloat16)
-from tests.helpers import ROOT
+from tests.helpers import run_tool
 
 AVX512 = frozenset({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"})
 
@@ -64,29 +62,24 @@ def test_the_probe_says_what_a_bfloat16_conv_does_here():
             check_precision("mixed_bfloat16")
 
 
-def _capped_tool(*args):
-    """A tool run with oneDNN capped at AVX2 (what an AVX2-only CPU gives)."""
+@pytest.mark.parametrize("tool,precision", [
+    (["tools/train.py", "--experiment=tiny_voc", "--train_records=absent-*",
+      "--set=train.precision='mixed_bfloat16'", "--model_dir={out}"], "mixed_bfloat16"),
+    (["tools/export.py", "--model_dir=absent", "--precision=bfloat16", "--export_dir={out}"],
+     "bfloat16"),
+], ids=["train", "export"])
+def test_tools_refuse_bfloat16_at_once_where_the_kernels_are_missing(tool, precision, tmp_path):
+    """With oneDNN capped at AVX2 (what an AVX2-only CPU gives)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip(f"ONEDNN_MAX_CPU_ISA caps x86 instruction sets; this CPU is "
                     f"{platform.machine()}")
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", TF_ENABLE_ONEDNN_OPTS="1")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-@pytest.mark.parametrize("args", [
-    ["tools/train.py", "--experiment=tiny_voc", "--set=train.precision='mixed_bfloat16'",
-     "--train_records=absent-*"],
-    ["tools/export.py", "--model_dir=absent", "--precision=bfloat16"],
-], ids=["train", "export"])
-def test_tools_refuse_bfloat16_at_once_where_the_kernels_are_missing(args, tmp_path):
-    args = [*args, f"--{'model_dir' if 'train' in args[0] else 'export_dir'}={tmp_path / 'out'}"]
-    result = _capped_tool(*args)
+    out = tmp_path / "out"
+    result = run_tool(*(arg.format(out=out) for arg in tool), env=dict(
+        os.environ, ONEDNN_MAX_CPU_ISA="AVX2", TF_ENABLE_ONEDNN_OPTS="1"))
     assert result.returncode == 1, result.stderr
     # One line, before anything else is looked at (the records and the run do not exist).
     assert result.stderr.splitlines() == [
-        "error: precision '{}' needs bfloat16 kernels, which TensorFlow cannot run here: "
-        "ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN below AVX-512 (avx512_core), the first of its "
-        "instruction sets with bfloat16 kernels. Use float32.".format(
-            "mixed_bfloat16" if "train" in args[0] else "bfloat16")]
-    assert not os.path.exists(tmp_path / "out")
+        f"error: precision '{precision}' needs bfloat16 kernels, which TensorFlow cannot run "
+        "here: ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN below AVX-512 (avx512_core), the first of "
+        "its instruction sets with bfloat16 kernels. Use float32."]
+    assert not os.path.exists(out)

@@ -1,19 +1,10 @@
 """The command-line tools, run as users run them."""
 
 import os
-import subprocess
-import sys
 
 from deeplabv3_tf.cli import startup_lines_to_show
 from deeplabv3_tf.synthetic import write_voc_dataset
-from tests.helpers import ROOT
-
-
-def _run(*args, env=None):
-    # Without the test session's TF_CPP_MIN_LOG_LEVEL: the tools as users run them.
-    env = {k: v for k, v in (env or os.environ).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
+from tests.helpers import run_tool
 
 
 # What TensorFlow 2.21 printed at start-up on a CPU machine, and a real error.
@@ -37,12 +28,12 @@ def test_startup_notices_are_dropped_and_errors_kept():
 
 def test_tools_print_no_startup_notices_unless_asked(tmp_path):
     missing = str(tmp_path / "absent")
-    quiet = _run("tools/export.py", f"--model_dir={missing}", f"--export_dir={tmp_path}")
+    quiet = run_tool("tools/export.py", f"--model_dir={missing}", f"--export_dir={tmp_path}")
     assert quiet.returncode == 1
     # One line: the error, nothing from TensorFlow's start-up.
     (line,) = quiet.stderr.strip().splitlines()
     assert line.startswith("error: ") and missing in line
-    loud = _run("tools/export.py", f"--model_dir={missing}", f"--export_dir={tmp_path}",
+    loud = run_tool("tools/export.py", f"--model_dir={missing}", f"--export_dir={tmp_path}",
                 env=dict(os.environ, DEEPLABV3_TF_LOGS="all"))
     assert loud.returncode == 1
     assert "oneDNN custom operations are on" in loud.stderr or "cpu_feature_guard" in loud.stderr
@@ -51,7 +42,7 @@ def test_tools_print_no_startup_notices_unless_asked(tmp_path):
 def test_build_tfrecords_voc_and_error_exit(tmp_path):
     info = write_voc_dataset(str(tmp_path / "data"), num_train=3, num_val=2, with_sbd=False)
     out = tmp_path / "records"
-    result = _run("tools/build_tfrecords.py", "voc", f"--voc_dir={info['voc_dir']}",
+    result = run_tool("tools/build_tfrecords.py", "voc", f"--voc_dir={info['voc_dir']}",
                   f"--output_dir={out}", "--num_workers=2", "--num_shards=2")
     assert result.returncode == 0, result.stderr
     assert "train: 3 examples, 2 shards" in result.stdout
@@ -61,11 +52,11 @@ def test_build_tfrecords_voc_and_error_exit(tmp_path):
     assert (out / "trainval.manifest.json").exists()
 
     os.remove(os.path.join(info["voc_dir"], "SegmentationClass", f"{info['train'][0]}.png"))
-    failed = _run("tools/build_tfrecords.py", "voc", f"--voc_dir={info['voc_dir']}",
+    failed = run_tool("tools/build_tfrecords.py", "voc", f"--voc_dir={info['voc_dir']}",
                   f"--output_dir={tmp_path / 'bad'}", "--splits=train")
     assert failed.returncode == 1
     assert f"{info['train'][0]}.png: file not found" in failed.stderr
     assert "Traceback" not in failed.stderr
 
-    usage = _run("tools/build_tfrecords.py", "folder", f"--output_dir={out}")
+    usage = run_tool("tools/build_tfrecords.py", "folder", f"--output_dir={out}")
     assert usage.returncode != 0 and "--images_dir" in usage.stderr

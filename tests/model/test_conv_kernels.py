@@ -18,7 +18,8 @@ from deeplabv3_tf.model import conv_kernels
 from deeplabv3_tf.model.conv_kernels import atrous_conv, atrous_conv_implementation
 from deeplabv3_tf.model.layers import AtrousConv2D
 from deeplabv3_tf.model.layers import native_dilated_conv_supported
-from tests.helpers import assert_close, assert_within_sum_bound, skip_without_kernels
+from deeplabv3_tf.precision import compute_dtype
+from tests.helpers import assert_within_bound, assert_within_sum_bound, skip_without_kernels
 
 SIZES = [(7, 9), (8, 8), (5, 6)]  # odd, even, mixed; rate 12 exceeds all of them
 RATES = [(2, 2), (3, 2), (12, 12)]
@@ -36,15 +37,14 @@ def _dilated(kernel, rate):
     return tf.scatter_nd(tf.stack([rows, columns], 1), taps, shape)
 
 
-def _reference(x, kernel, rate, upstream=None):
+def _reference(x, kernel, rate, weights=None):
     """The atrous conv as an ordinary conv of the dilated kernel, and its gradients
-    (of the linear loss `_loss(y, linear=True)`, or of sum(y * upstream)), in
-    float32 whatever the inputs' dtype. `upstream`: the weights of that sum."""
+    (of `_loss`, or of sum(y * weights)), in float32 whatever the inputs' dtype."""
     x, kernel = tf.cast(x, tf.float32), tf.cast(kernel, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch([x, kernel])
         y = tf.nn.conv2d(x, _dilated(kernel, rate), 1, "SAME")
-        loss = _loss(y, linear=True) if upstream is None else tf.reduce_sum(y * upstream)
+        loss = _loss(y) if weights is None else tf.reduce_sum(y * weights)
     return (y.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, kernel])))
 
 
@@ -52,9 +52,7 @@ def _magnitudes(x, kernel, rate):
     """sum|terms| of every output and gradient value: the same sums of the
     operands' absolute values (the loss's gradient is its weights)."""
     y = tf.nn.conv2d(tf.constant(x), _dilated(tf.constant(kernel), rate), 1, "SAME")
-    upstream = tf.abs(tf.cos(tf.cumsum(tf.ones_like(y), axis=2))) * tf.range(
-        1, y.shape[-1] + 1, dtype=tf.float32)
-    return _reference(np.abs(x), np.abs(kernel), rate, upstream=upstream)
+    return _reference(np.abs(x), np.abs(kernel), rate, weights=tf.abs(_loss_weights(y)))
 
 
 def _skip_without_native(dtype="float32"):
@@ -63,17 +61,19 @@ def _skip_without_native(dtype="float32"):
                     "(Eigen's, without oneDNN)")
 
 
-def _loss(y, linear=False):
-    """A loss whose gradient differs per channel and position; `linear`: one whose
-    gradient does not depend on y (so that round-off in y does not reach it)."""
-    y = tf.cast(y, tf.float32)
-    weights = tf.range(1, y.shape[-1] + 1, dtype=tf.float32)
-    if linear:
-        return tf.reduce_sum(y * tf.cos(tf.cumsum(tf.ones_like(y), axis=2)) * weights)
-    return tf.reduce_sum(y * tf.sin(y) * weights)
+def _loss_weights(y):
+    """float32 weights shaped like y, differing per column and channel."""
+    columns = tf.cos(tf.cumsum(tf.ones_like(y, tf.float32), axis=2))
+    return columns * tf.range(1, y.shape[-1] + 1, dtype=tf.float32)
 
 
-def _ours(x, kernel, rate, implementation, training, dynamic, linear=False):
+def _loss(y):
+    """A loss linear in y, whose gradient (`_loss_weights`) differs per channel and
+    position and does not depend on y: round-off in y does not reach it."""
+    return tf.reduce_sum(tf.cast(y, tf.float32) * _loss_weights(y))
+
+
+def _ours(x, kernel, rate, implementation, training, dynamic):
     spec = [tf.TensorSpec([None, None, None, x.shape[-1]] if dynamic else x.shape, x.dtype),
             tf.TensorSpec(kernel.shape, kernel.dtype)]
 
@@ -82,7 +82,7 @@ def _ours(x, kernel, rate, implementation, training, dynamic, linear=False):
         with tf.GradientTape() as tape:
             tape.watch([x, kernel])
             y = atrous_conv(x, kernel, rate, implementation, training)
-            loss = _loss(y, linear)
+            loss = _loss(y)
         return (y, *tape.gradient(loss, [x, kernel]))
 
     return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel))]
@@ -107,8 +107,7 @@ def _check(got, x, kernel, rate, err_msg, bfloat16=False):
         assert a.shape == b.shape, name
         if bfloat16:
             assert a.dtype == tf.bfloat16.as_numpy_dtype, name
-            excess = np.abs(a.astype(np.float64) - b) - BFLOAT16_BOUND * m
-            assert np.all(excess <= 0), f"{name}, {err_msg}: {np.sum(excess > 0)} values"
+            assert_within_bound(a.astype(np.float64), b, BFLOAT16_BOUND * m, f"{name}, {err_msg}")
         else:
             assert_within_sum_bound(a, b, m, n, err_msg=f"{name}, {err_msg}")
 
@@ -124,7 +123,7 @@ def test_atrous_conv_equals_native_conv(size, rate, implementation, training, dy
     rng = np.random.default_rng(sum(size) + rate[0])
     x = rng.normal(size=(2, *size, 5)).astype(np.float32)
     kernel = rng.normal(size=(3, 3, 5, 4)).astype(np.float32)
-    got = _ours(x, kernel, rate, implementation, training, dynamic, linear=True)
+    got = _ours(x, kernel, rate, implementation, training, dynamic)
     # training=False has no custom gradient: autodiff of the taps' matmuls is checked too.
     _check(got, x, kernel, rate, f"{implementation}, rate {rate}")
 
@@ -141,7 +140,7 @@ def test_bfloat16_taps_round_like_the_native_conv(training, implementation):
     x = tf.cast(rng.normal(size=(1, 9, 10, 16)).astype(np.float32), tf.bfloat16)
     kernel = tf.cast(rng.normal(size=(3, 3, 16, 8)).astype(np.float32), tf.bfloat16)
     rate = (2, 3)
-    got = _ours(x, kernel, rate, implementation, training, dynamic=False, linear=True)
+    got = _ours(x, kernel, rate, implementation, training, dynamic=False)
     _check(got, x, kernel, rate, implementation, bfloat16=True)
 
 
@@ -162,7 +161,7 @@ def test_atrous_layer_takes_the_implementation_asked_for(policy, implementation,
     training (gradients too) and inference; taps show as matmuls in the graph."""
     skip_without_kernels(policy)
     if implementation == "native":
-        _skip_without_native(policy.rsplit("_", 1)[-1])
+        _skip_without_native(compute_dtype(policy))
     monkeypatch.setenv(conv_kernels.ENVIRONMENT_VARIABLE, implementation)
     rng = np.random.default_rng(4)
     x = tf.constant(rng.normal(size=(2, 11, 10, 6)).astype(np.float32))
@@ -178,22 +177,21 @@ def test_atrous_layer_takes_the_implementation_asked_for(policy, implementation,
                     for w in ours.get_weights())
     x32 = np.asarray(tf.cast(tf.cast(x, ours.compute_dtype), tf.float32))
     rate = (4, 4)
-    # The loss is linear (`_loss(y, linear=True)`): its gradient, the same for
+    # The loss is linear (`_loss`): its gradient, the same for
     # both layers, is a per-position, per-channel weight; a bias adds one term
     # to each output, and its gradient sums the weights over B x H x W.
     exact = list(_reference(x32, kernel, rate))
     exact[0] = exact[0] + bias
     magnitudes = list(_magnitudes(x32, kernel, rate))
     magnitudes[0] = magnitudes[0] + np.abs(bias)
-    upstream = np.abs(np.cos(np.arange(1, 11))[None, None, :, None]) * np.arange(1, 6)
-    weights = np.broadcast_to(upstream, exact[0].shape).sum(axis=(0, 1, 2))
+    weights = tf.reduce_sum(tf.abs(_loss_weights(tf.zeros(exact[0].shape))), axis=(0, 1, 2))
     for training in (False, True):
         results = []
         for layer in (reference, ours):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 y = layer(x, training=training)
-                loss = _loss(y, linear=True)
+                loss = _loss(y)
             results.append([np.asarray(tf.cast(t, tf.float32)) for t in (
                 y, *tape.gradient(loss, [x, *layer.trainable_weights]))])
         for i, (a, b) in enumerate(zip(*results)):
@@ -202,8 +200,8 @@ def test_atrous_layer_takes_the_implementation_asked_for(policy, implementation,
                 assert_within_sum_bound(a, b, weights, 2 * 11 * 10, err_msg=name)
             elif bfloat16:
                 for c in (a, b):
-                    excess = np.abs(c - exact[i]) - (BFLOAT16_BOUND + 2.0 ** -8) * magnitudes[i]
-                    assert np.all(excess <= 0), f"{name}, training={training}"
+                    assert_within_bound(c, exact[i], (BFLOAT16_BOUND + 2.0 ** -8) * magnitudes[i],
+                                        f"{name}, training={training}")
             else:
                 terms = (9 * 6 + 1, 9 * 5, 2 * 11 * 10)[i]
                 assert_within_sum_bound(a, b, magnitudes[i], terms,
