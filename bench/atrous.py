@@ -82,7 +82,7 @@ def print_pair(name: str, pair: Pair | None = None) -> None:
 
 
 def whole_graphs(dtypes, runs):
-    from deeplabv3_tf.config import ModelConfig
+    from deeplabv3_tf.model.config import ModelConfig
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.fold import fold_batch_norm
 

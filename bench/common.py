@@ -178,8 +178,8 @@ def bfloat16_kernels() -> dict[str, str]:
 
 def runnable(precisions) -> tuple[str, ...]:
     """The `precisions` whose kernels this CPU has, in order; says once which
-    bfloat16 rows are left out and why (`deeplabv3_tf.precision`)."""
-    from deeplabv3_tf.precision import bfloat16_unsupported_reason, compute_dtype
+    bfloat16 rows are left out and why (`deeplabv3_tf.core.precision`)."""
+    from deeplabv3_tf.core.precision import bfloat16_unsupported_reason, compute_dtype
 
     wanted = [p for p in precisions if compute_dtype(p) == "bfloat16"]
     reason = bfloat16_unsupported_reason() if wanted else None
@@ -205,11 +205,12 @@ def r101_training_step(assignments: list[str], size: int = 321, batch_size: int 
     """(step, experiment, batch): voc_r101_os16 with `--set` assignments, one device, a
     random batch of `batch_size` size x size images, ready for `step(batch)`. Sets the
     global dtype policy to the experiment's `train.precision`, as training does."""
-    from deeplabv3_tf.distribute import set_precision
-    from deeplabv3_tf.experiments import override, voc_r101_os16
-    from deeplabv3_tf.optimizer import make_optimizer
-    from deeplabv3_tf.train import build_model
-    from deeplabv3_tf.train_step import make_train_step
+    from deeplabv3_tf.training.distribute import set_precision
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import voc_r101_os16
+    from deeplabv3_tf.training.optimizer import make_optimizer
+    from deeplabv3_tf.runs import build_model
+    from deeplabv3_tf.training.train_step import make_train_step
 
     experiment = override(voc_r101_os16(), [f"train.batch_size={batch_size}", "train.init=''",
                                             *assignments])
@@ -246,7 +247,7 @@ def random_weights_run(experiment, run_dir: str) -> str:
     depend on the weights' values)."""
     import dataclasses
 
-    from deeplabv3_tf.experiments import save_experiment
+    from deeplabv3_tf.runs import save_experiment
     from deeplabv3_tf.model import build_deeplabv3
 
     experiment = dataclasses.replace(experiment, train=dataclasses.replace(
@@ -260,7 +261,7 @@ def random_weights_run(experiment, run_dir: str) -> str:
 def litert_seconds(content: bytes, pixels: np.ndarray, runs: int, threads: int) -> float:
     """Median seconds of one LiteRT interpreter call on `pixels` (the model's input)
     with `threads` threads."""
-    from deeplabv3_tf.litert import interpreter
+    from deeplabv3_tf.serving.litert import interpreter
 
     runner = interpreter(content, num_threads=threads)
     [inp] = runner.get_input_details()

@@ -183,15 +183,16 @@ def child(args) -> None:
         def run():
             return float(step(batch)[0])
     else:
-        from deeplabv3_tf.config import ModelConfig
+        from deeplabv3_tf.model.config import ModelConfig
         from deeplabv3_tf.model import build_deeplabv3
         from deeplabv3_tf.model.fold import fold_batch_norm
 
         config = ModelConfig(output_stride=args.output_stride)
         image = tf.random.uniform((1, args.size, args.size, 3), 0, 255, seed=0)
         if args.graph == "export":
-            from deeplabv3_tf.experiments import override, voc_r101_os16
-            from deeplabv3_tf.export import ExportOptions, export_saved_model
+            from deeplabv3_tf.configs.experiment import override
+            from deeplabv3_tf.configs.recipes import voc_r101_os16
+            from deeplabv3_tf.serving.export import ExportOptions, export_saved_model
 
             tmp = tempfile.mkdtemp()  # an R101 run and its export: removed when the child ends
             atexit.register(shutil.rmtree, tmp, ignore_errors=True)

@@ -33,8 +33,8 @@ def main():
     parser.add_argument("--quantizations", default="none,float16,dynamic_int8,int8")
     args = parser.parse_args()
 
-    from deeplabv3_tf.experiments import voc_r101_os16
-    from deeplabv3_tf.litert import LiteRTOptions, convert
+    from deeplabv3_tf.configs.recipes import voc_r101_os16
+    from deeplabv3_tf.serving.litert import LiteRTOptions, convert
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.fold import fold_batch_norm
 

@@ -39,9 +39,9 @@ def main():
                         help="LiteRT quantisations to time ('' for none).")
     args = parser.parse_args()
 
-    from deeplabv3_tf.experiments import voc_mobilenetv3_os16, voc_r101_os16
-    from deeplabv3_tf.export import ExportOptions, export_saved_model
-    from deeplabv3_tf.litert import LiteRTOptions, convert
+    from deeplabv3_tf.configs.recipes import voc_mobilenetv3_os16, voc_r101_os16
+    from deeplabv3_tf.serving.export import ExportOptions, export_saved_model
+    from deeplabv3_tf.serving.litert import LiteRTOptions, convert
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.cost import count_macs, count_params
     from deeplabv3_tf.runs import load_trained_model

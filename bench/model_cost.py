@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from deeplabv3_tf.config import ModelConfig  # noqa: E402
+from deeplabv3_tf.model.config import ModelConfig  # noqa: E402
 from deeplabv3_tf.model import build_deeplabv3  # noqa: E402
 from deeplabv3_tf.model.cost import count_macs, count_params  # noqa: E402
 

@@ -88,7 +88,9 @@ def child_requests(path: str, requests: int) -> dict:
 
 
 def _run_dir(tmp: str, name: str, recipe: str) -> str:
-    from deeplabv3_tf.experiments import get_recipe, override, save_experiment
+    from deeplabv3_tf.configs.recipes import get_recipe
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.runs import save_experiment
     from deeplabv3_tf.model import build_deeplabv3
 
     run_dir = os.path.join(tmp, name)
@@ -101,8 +103,8 @@ def _run_dir(tmp: str, name: str, recipe: str) -> str:
 
 def _export(run_dir: str, export_dir: str, output_stride: int | None = None,
             window: int = 0) -> str:
-    from deeplabv3_tf.export import ExportOptions, export_saved_model
-    from deeplabv3_tf.inference import Windows
+    from deeplabv3_tf.serving.export import ExportOptions, export_saved_model
+    from deeplabv3_tf.evaluation.inference import Windows
 
     # No budget: the measurement itself decides where it should be.
     return export_saved_model(run_dir, export_dir, ExportOptions(

@@ -57,9 +57,9 @@ def _record_images(pattern: str, count: int):
 
 
 def child_memory(args) -> dict:
-    from deeplabv3_tf.experiments import cityscapes_r101_os16
-    from deeplabv3_tf.inference import Windows, predict_labels
-    from deeplabv3_tf.metrics import confusion_matrix, iou_from_confusion
+    from deeplabv3_tf.configs.recipes import cityscapes_r101_os16
+    from deeplabv3_tf.evaluation.inference import Windows, predict_labels
+    from deeplabv3_tf.ops.metrics import confusion_matrix, iou_from_confusion
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.runs import load_trained_model
 
@@ -113,13 +113,14 @@ def child_memory(args) -> dict:
 def child_tiny_miou(args) -> dict:
     """Trains the tiny model on generated scenes, evaluates whole and windowed."""
     from deeplabv3_tf.data import make_dataset
-    from deeplabv3_tf.data.tfrecord_builders import build_voc
-    from deeplabv3_tf.evaluate import evaluate_model
-    from deeplabv3_tf.experiments import override, tiny_voc
-    from deeplabv3_tf.inference import Windows
+    from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
+    from deeplabv3_tf.evaluation.evaluate import evaluate_model
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import tiny_voc
+    from deeplabv3_tf.evaluation.inference import Windows
     from deeplabv3_tf.runs import load_trained_model
-    from deeplabv3_tf.synthetic import write_voc_dataset
-    from deeplabv3_tf.train import train
+    from deeplabv3_tf.data.synthetic import write_voc_dataset
+    from deeplabv3_tf.training.trainer import train
 
     quiet = dict(progress=False, log=lambda _: None)
     root = tempfile.mkdtemp(prefix="sliding-window-")

@@ -80,8 +80,8 @@ def _row(name, seconds, macs, peak):
 
 
 def section_inference(args):
-    from deeplabv3_tf.config import ModelConfig
-    from deeplabv3_tf.inference import predict_probabilities
+    from deeplabv3_tf.model.config import ModelConfig
+    from deeplabv3_tf.evaluation.inference import predict_probabilities
     from deeplabv3_tf.model import build_deeplabv3
     from deeplabv3_tf.model.fold import fold_batch_norm
 
@@ -168,9 +168,9 @@ def section_training(args):
 def section_serving(args):
     from PIL import Image
 
-    from deeplabv3_tf.experiments import voc_r101_os16
-    from deeplabv3_tf.export import ExportOptions, export_saved_model
-    from deeplabv3_tf.inference import predict_labels
+    from deeplabv3_tf.configs.recipes import voc_r101_os16
+    from deeplabv3_tf.serving.export import ExportOptions, export_saved_model
+    from deeplabv3_tf.evaluation.inference import predict_labels
     from deeplabv3_tf.model.fold import fold_batch_norm
     from deeplabv3_tf.runs import load_trained_model
 
@@ -253,8 +253,8 @@ def pipeline_child(records, batches):
 
 
 def section_pipeline(args):
-    from deeplabv3_tf.data.tfrecord_builders import build_voc
-    from deeplabv3_tf.synthetic import write_voc_dataset
+    from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
+    from deeplabv3_tf.data.synthetic import write_voc_dataset
 
     images = 200
     cores = os.cpu_count() or 1

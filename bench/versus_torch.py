@@ -144,7 +144,7 @@ def project_child(kind: str, output_stride: int, precision: str, runs: int,
     if kernels:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     if kind == "inference":
-        from deeplabv3_tf.config import ModelConfig
+        from deeplabv3_tf.model.config import ModelConfig
         from deeplabv3_tf.model import build_deeplabv3
         from deeplabv3_tf.model.fold import fold_batch_norm
 

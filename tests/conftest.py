@@ -21,10 +21,11 @@ def trained_run(tmp_path_factory):
 
     Returns {"run_dir", "records_dir", "voc_dir", "val_records"}.
     """
-    from deeplabv3_tf.data.tfrecord_builders import build_voc
-    from deeplabv3_tf.experiments import override, tiny_voc
-    from deeplabv3_tf.synthetic import write_voc_dataset
-    from deeplabv3_tf.train import train
+    from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import tiny_voc
+    from deeplabv3_tf.data.synthetic import write_voc_dataset
+    from deeplabv3_tf.training.trainer import train
 
     root = tmp_path_factory.mktemp("trained")
     info = write_voc_dataset(str(root / "data"), num_train=24, num_val=6, with_sbd=False,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.precision import bfloat16_unsupported_reason, compute_dtype
+from deeplabv3_tf.model.config import ModelConfig
+from deeplabv3_tf.core.precision import bfloat16_unsupported_reason, compute_dtype
 
 # The repository root: the working directory of the tools the tests run.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,15 +9,19 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.classes import (
-    CITYSCAPES, CITYSCAPES_COLORS, PASCAL_VOC, DatasetInfo, with_palette_file)
-from deeplabv3_tf.data.tfrecord_builders import build_cityscapes, build_folder
+from deeplabv3_tf.data.dataset import (
+    CITYSCAPES, CITYSCAPES_COLORS, PASCAL_VOC, DatasetInfo)
+from deeplabv3_tf.data.palette_file import with_palette_file
+from deeplabv3_tf.data.tfrecord_builders.cityscapes import build_cityscapes
+from deeplabv3_tf.data.tfrecord_builders.folder import build_folder
 from deeplabv3_tf.data.tfrecord_builders.cityscapes import read_cityscapes_label
-from deeplabv3_tf.experiments import EXPERIMENT_FILE, override, resolve_experiment, tiny_voc
-from deeplabv3_tf.export import export_saved_model
-from deeplabv3_tf.predict import predict_files
-from deeplabv3_tf.serving import ExportOptions
-from deeplabv3_tf.train import train
+from deeplabv3_tf.runs import EXPERIMENT_FILE
+from deeplabv3_tf.configs.experiment import override, resolve_experiment
+from deeplabv3_tf.configs.recipes import tiny_voc
+from deeplabv3_tf.serving.export import export_saved_model
+from deeplabv3_tf.serving.predict import predict_files
+from deeplabv3_tf.serving.module import ExportOptions
+from deeplabv3_tf.training.trainer import train
 from tests.data import fixtures
 
 QUIET = dict(progress=False, log=lambda _: None)

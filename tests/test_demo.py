@@ -4,8 +4,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.demo import run_model_demo
+from deeplabv3_tf.model.config import ModelConfig
+from deeplabv3_tf.apps.demo import run_model_demo
 from deeplabv3_tf.model import build_deeplabv3
 from deeplabv3_tf.model.cost import count_macs, count_params
 from tests.helpers import tiny_config

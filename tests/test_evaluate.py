@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from deeplabv3_tf.data import make_dataset
-from deeplabv3_tf.evaluate import evaluate_model, evaluate_run
+from deeplabv3_tf.evaluation.evaluate import evaluate_model, evaluate_run
 from deeplabv3_tf.runs import load_trained_model
-from deeplabv3_tf.metrics import iou_from_confusion
-from deeplabv3_tf.predict import predict_files
+from deeplabv3_tf.ops.metrics import iou_from_confusion
+from deeplabv3_tf.serving.predict import predict_files
 from tests.helpers import ROOT
 
 
@@ -48,7 +48,7 @@ def test_iou_ignores_absent_classes():
 
 
 def test_windows_covering_every_image_score_as_whole_images(trained_run, tmp_path):
-    from deeplabv3_tf.inference import Windows
+    from deeplabv3_tf.evaluation.inference import Windows
 
     whole = evaluate_run(trained_run["run_dir"], str(tmp_path / "whole"), output_stride=16,
                          progress=False, log=lambda _: None)["os16"]
@@ -87,7 +87,7 @@ def test_evaluate_run_protocol_and_reports(trained_run, tmp_path):
 
 
 def test_predict_from_run_and_export(trained_run, tmp_path):
-    from deeplabv3_tf.export import export_saved_model
+    from deeplabv3_tf.serving.export import export_saved_model
 
     images_dir = os.path.join(trained_run["voc_dir"], "JPEGImages")
     image = os.path.join(images_dir, f"{trained_run['val_ids'][0]}.jpg")
@@ -143,7 +143,7 @@ def test_predict_skips_images_over_budget_or_unreadable(trained_run, tmp_path):
     """Each bad file is one line; the good images are still written; exit status 1."""
     import shutil
 
-    from deeplabv3_tf.synthetic import png_of_size
+    from deeplabv3_tf.data.synthetic import png_of_size
 
     images = tmp_path / "images"
     images.mkdir()
@@ -154,7 +154,7 @@ def test_predict_skips_images_over_budget_or_unreadable(trained_run, tmp_path):
     (images / "d_cut.png").write_bytes((images / "b_huge.png").read_bytes()[:20])
     for source in (trained_run["run_dir"], None):
         if source is None:  # an export, whose own budget is larger than the flag's
-            from deeplabv3_tf.export import export_saved_model
+            from deeplabv3_tf.serving.export import export_saved_model
             source = export_saved_model(trained_run["run_dir"], str(tmp_path / "export"),
                                         log=lambda _: None)
         out = tmp_path / f"out_{os.path.basename(source)}"
@@ -174,8 +174,8 @@ def test_predict_skips_images_over_budget_or_unreadable(trained_run, tmp_path):
 
 
 def test_per_image_iou_by_hand():
-    from deeplabv3_tf.metrics import per_image_iou
-    from deeplabv3_tf.report_page import error_map
+    from deeplabv3_tf.ops.metrics import per_image_iou
+    from deeplabv3_tf.pages.evaluation_page import error_map
 
     label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
     prediction = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
@@ -190,8 +190,8 @@ def test_per_image_iou_by_hand():
 
 
 def test_report_page_shows_the_papers_figure(tmp_path):
-    from deeplabv3_tf.classes import PASCAL_VOC
-    from deeplabv3_tf.report_page import ImageRanking, write_report
+    from deeplabv3_tf.data.dataset import PASCAL_VOC
+    from deeplabv3_tf.pages.evaluation_page import ImageRanking, write_report
 
     names = list(PASCAL_VOC.class_names)
     summary = {name: {"miou": miou, "paper_miou": paper, "pixel_accuracy": 0.9, "images": 2,
@@ -214,8 +214,9 @@ def test_mobilenet_v3_run_trains_evaluates_and_predicts(trained_run, tmp_path):
     """The tiny MobileNetV3 recipe through the library's training, evaluation at
     output stride 8 with multi-scale + flip (its last stage at rate 4), the report
     page, and prediction."""
-    from deeplabv3_tf.experiments import override, tiny_voc_mobilenetv3
-    from deeplabv3_tf.train import train
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import tiny_voc_mobilenetv3
+    from deeplabv3_tf.training.trainer import train
 
     records = trained_run["records_dir"]
     experiment = override(tiny_voc_mobilenetv3(), [
@@ -242,7 +243,7 @@ def test_image_ranking_keeps_the_ends_small():
     """k worst and k best by per-image IoU, kept at the page's picture size."""
     import tensorflow as tf
 
-    from deeplabv3_tf.report_page import PICTURE_SIDE, ImageRanking
+    from deeplabv3_tf.pages.evaluation_page import PICTURE_SIDE, ImageRanking
 
     rng = np.random.default_rng(0)
     ranking = ImageRanking(num_classes=3, k=2)

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.export import WARMUP_FILE, ExportOptions, export_saved_model
-from deeplabv3_tf.inference import predict_probabilities
+from deeplabv3_tf.serving.export import WARMUP_FILE, ExportOptions, export_saved_model
+from deeplabv3_tf.evaluation.inference import predict_probabilities
 from deeplabv3_tf.runs import load_trained_model
 from tests.helpers import FOLDED_LOGIT_REL, encode, probability_bound, skip_without_kernels
 
@@ -73,7 +73,7 @@ def test_multiscale_flip_matches_in_memory_model(exported, size):
 
 
 def test_windowed_export_matches_in_memory_windows(trained_run, tmp_path):
-    from deeplabv3_tf.inference import Windows, predict_labels
+    from deeplabv3_tf.evaluation.inference import Windows, predict_labels
 
     windows = Windows((48, 64), (32, 40), batch=2)
     path = export_saved_model(trained_run["run_dir"], str(tmp_path), ExportOptions(

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf import image_header
-from deeplabv3_tf.image_header import read_header
-from deeplabv3_tf.inference import upsampled_labels
+from deeplabv3_tf.serving import image_header
+from deeplabv3_tf.serving.image_header import read_header
+from deeplabv3_tf.evaluation.inference import upsampled_labels
 from tests.helpers import encode
 
 
@@ -79,7 +79,7 @@ def test_problems(data, problem):
 
 
 def test_png_header_of_a_huge_image_is_read_without_decoding():
-    from deeplabv3_tf.synthetic import png_of_size
+    from deeplabv3_tf.data.synthetic import png_of_size
 
     assert _header(png_of_size(12000, 9000)) == ("PNG", 9000, 12000, 1, "")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplabv3_tf.inference import (
+from deeplabv3_tf.evaluation.inference import (
     Windows, predict_labels, predict_probabilities, window_starts)
 from deeplabv3_tf.model import build_deeplabv3
 from tests.helpers import LOGIT_REL, probability_bound, tiny_config

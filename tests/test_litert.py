@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from deeplabv3_tf.runs import load_trained_model
-from deeplabv3_tf.litert import (
+from deeplabv3_tf.serving.litert import (
     LiteRTModel, LiteRTOptions, convert, export_litert, interpreter, tensor_types)
 from deeplabv3_tf.model.fold import fold_batch_norm
 from tests.helpers import ROOT, assert_close
@@ -102,7 +102,8 @@ def test_imported_mobilenet_run_quantizes_on_given_records(trained_run, tmp_path
     integer-only, calibrated and checked on records given to it."""
     import dataclasses
 
-    from deeplabv3_tf.experiments import save_experiment, tiny_voc_mobilenetv3
+    from deeplabv3_tf.runs import save_experiment
+    from deeplabv3_tf.configs.recipes import tiny_voc_mobilenetv3
     from deeplabv3_tf.model import build_deeplabv3
 
     base = tiny_voc_mobilenetv3()

@@ -5,7 +5,7 @@ import os
 
 from PIL import Image
 
-from deeplabv3_tf.main_job import MainJobConfig, run_main_job
+from deeplabv3_tf.apps.main_job import MainJobConfig, run_main_job
 
 
 def test_main_job_end_to_end(tmp_path):

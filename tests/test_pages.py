@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplabv3_tf import pages
-from deeplabv3_tf.browser import Browser, find_chromium
+from deeplabv3_tf.core import html as pages
+from deeplabv3_tf.pages.browser import Browser, find_chromium
 from tests.helpers import ROOT
 
 if not find_chromium():
@@ -76,7 +76,7 @@ def _percent(value):
 
 
 def test_evaluation_report(browser, trained_run, tmp_path):
-    from deeplabv3_tf.evaluate import evaluate_run
+    from deeplabv3_tf.evaluation.evaluate import evaluate_run
 
     out = tmp_path / "eval"
     evaluate_run(trained_run["run_dir"], str(out), progress=False, examples=2,

@@ -6,7 +6,7 @@ import platform
 import pytest
 import tensorflow as tf
 
-from deeplabv3_tf.precision import (
+from deeplabv3_tf.core.precision import (
     UnsupportedPrecisionError, bfloat16_unsupported_reason, check_precision, cpu_flags,
     explain_missing_bfloat16)
 from tests.helpers import run_tool
@@ -38,7 +38,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_float_precisions_are_never_probed(monkeypatch):
     def probe():
         raise AssertionError("probed")
-    monkeypatch.setattr("deeplabv3_tf.precision.bfloat16_unsupported_reason", probe)
+    monkeypatch.setattr("deeplabv3_tf.core.precision.bfloat16_unsupported_reason", probe)
     for precision in ("float32", "mixed_float16"):
         check_precision(precision)
     with pytest.raises(AssertionError, match="probed"):

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.export import CONFIG_FILE, ExportOptions, export_saved_model
-from deeplabv3_tf.synthetic import png_of_size
+from deeplabv3_tf.serving.export import CONFIG_FILE, ExportOptions, export_saved_model
+from deeplabv3_tf.data.synthetic import png_of_size
 from tests.helpers import ROOT, encode
 
 # Small budgets, so that "over budget" costs nothing to build: 100x100 per image,
@@ -302,7 +302,7 @@ def test_warmup_requests_fit_a_small_budget(session_model, served):
     not load a model whose warm-up fails: with a budget of 100x100 they are shrunk."""
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from deeplabv3_tf.export import WARMUP_FILE
+    from deeplabv3_tf.serving.export import WARMUP_FILE
 
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
             tf.data.TFRecordDataset(os.path.join(served["path"], WARMUP_FILE))]
@@ -344,7 +344,7 @@ def test_server_batching_answers_each_merged_request_on_its_own(trained_run, ser
 BIG_REQUEST = textwrap.dedent("""
     import sys, time
     import tensorflow as tf
-    from deeplabv3_tf.synthetic import png_of_size
+    from deeplabv3_tf.data.synthetic import png_of_size
 
     def rss(field):
         with open("/proc/self/status") as f:

@@ -2,8 +2,8 @@
 
 import os
 
-from deeplabv3_tf.cli import startup_lines_to_show
-from deeplabv3_tf.synthetic import write_voc_dataset
+from deeplabv3_tf.apps.cli import startup_lines_to_show
+from deeplabv3_tf.data.synthetic import write_voc_dataset
 from tests.helpers import run_tool
 
 

@@ -15,7 +15,7 @@ Shards: <split>-NNNNN-of-NNNNN.tfrecord; manifest: <split>.manifest.json.
 A killed build is finished by rerunning the same command.
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
@@ -24,7 +24,12 @@ import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.data import tfrecord_builders as builders  # noqa: E402
+from deeplabv3_tf.data.tfrecord_cityscapes import build_cityscapes  # noqa: E402
+from deeplabv3_tf.data.tfrecord_classification import build_classification  # noqa: E402
+from deeplabv3_tf.data.tfrecord_coco import build_coco  # noqa: E402
+from deeplabv3_tf.data.tfrecord_folder import build_folder  # noqa: E402
+from deeplabv3_tf.data.tfrecord_shards import WorkerDiedError  # noqa: E402
+from deeplabv3_tf.data.tfrecord_voc import build_voc, build_voc_aug  # noqa: E402
 
 SOURCES = ("voc", "voc_aug", "coco", "cityscapes", "folder", "classification")
 
@@ -67,18 +72,18 @@ def _build(source, options):
     splits = {"splits": tuple(FLAGS.splits)} if FLAGS.splits else {}
     if source == "voc":
         _require(source, "voc_dir")
-        return builders.build_voc(FLAGS.voc_dir, FLAGS.output_dir, **splits, **options)
+        return build_voc(FLAGS.voc_dir, FLAGS.output_dir, **splits, **options)
     if source == "voc_aug":
         _require(source, "voc_dir", "sbd_dir")
-        return builders.build_voc_aug(FLAGS.voc_dir, FLAGS.sbd_dir, FLAGS.output_dir,
+        return build_voc_aug(FLAGS.voc_dir, FLAGS.sbd_dir, FLAGS.output_dir,
                                       **splits, **options)
     if source == "coco":
         _require(source, "coco_annotations", "coco_images")
-        return builders.build_coco(FLAGS.coco_annotations, FLAGS.coco_images,
+        return build_coco(FLAGS.coco_annotations, FLAGS.coco_images,
                                    FLAGS.output_dir, split=FLAGS.split, **options)
     if source == "cityscapes":
         _require(source, "cityscapes_dir")
-        return builders.build_cityscapes(FLAGS.cityscapes_dir, FLAGS.output_dir,
+        return build_cityscapes(FLAGS.cityscapes_dir, FLAGS.output_dir,
                                          **splits, **options)
     if source == "folder":
         _require(source, "images_dir", "masks_dir", "split_lists")
@@ -88,12 +93,12 @@ def _build(source, options):
             if not sep or not name or not path:
                 raise app.UsageError(f"--split_lists item {item!r} is not name=path.")
             lists[name] = path
-        return builders.build_folder(
+        return build_folder(
             FLAGS.images_dir, FLAGS.masks_dir, lists, FLAGS.output_dir,
             num_classes=FLAGS.num_classes, ignore_label=FLAGS.ignore_label,
             palette_path=FLAGS.palette, class_names=FLAGS.class_names, **options)
     _require(source, "manifest")
-    return builders.build_classification(
+    return build_classification(
         FLAGS.manifest, FLAGS.output_dir, split=FLAGS.split, num_classes=FLAGS.num_classes,
         class_names=FLAGS.class_names, **options)
 
@@ -113,7 +118,7 @@ def main(argv):
             print(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
                   f"{manifest['num_skipped']} skipped -> {FLAGS.output_dir}")
 
-    return run_reporting_errors(build_and_report, extra=(builders.WorkerDiedError,))
+    return run_reporting_errors(build_and_report, extra=(WorkerDiedError,))
 
 
 if __name__ == "__main__":

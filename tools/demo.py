@@ -8,14 +8,14 @@
   python tools/demo.py --model_only --experiment voc_mobilenetv3_os16   # that recipe's model
 """
 
-from deeplabv3_tf.cli import start_tensorflow
+from deeplabv3_tf.apps.cli import start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags  # noqa: E402
 
-from deeplabv3_tf.demo import run_model_demo  # noqa: E402
-from deeplabv3_tf.main_job import MainJobConfig, run_main_job  # noqa: E402
+from deeplabv3_tf.apps.demo import run_model_demo  # noqa: E402
+from deeplabv3_tf.apps.main_job import MainJobConfig, run_main_job  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/demo", "Where the job writes everything.")
 flags.DEFINE_string("voc_dir", None, "A real VOCdevkit/VOC2012 instead of generated data.")

@@ -7,14 +7,14 @@
       --window 769x769 --window_stride 513x513 --window_batch 2     # by sliding windows
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.evaluate import evaluate_run  # noqa: E402
-from deeplabv3_tf.inference import Windows  # noqa: E402
+from deeplabv3_tf.evaluation.evaluate import evaluate_run  # noqa: E402
+from deeplabv3_tf.evaluation.inference import Windows  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("records", None, "Glob of evaluation shards (default: the run's val records).")

@@ -9,16 +9,16 @@
 Writes EXPORT_DIR/<version>/ (next free integer by default).
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.export import export_saved_model  # noqa: E402
-from deeplabv3_tf.inference import Windows  # noqa: E402
-from deeplabv3_tf.precision import INFERENCE_PRECISIONS  # noqa: E402
-from deeplabv3_tf.serving import DEFAULT_SCALES, ExportOptions  # noqa: E402
+from deeplabv3_tf.serving.export import export_saved_model  # noqa: E402
+from deeplabv3_tf.evaluation.inference import Windows  # noqa: E402
+from deeplabv3_tf.core.precision import INFERENCE_PRECISIONS  # noqa: E402
+from deeplabv3_tf.serving.module import DEFAULT_SCALES, ExportOptions  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("export_dir", None, "Model base path for TF Serving.", required=True)

@@ -15,7 +15,7 @@ images (or --check_records) and prints pixel agreement and mIoU. int8 calibrates
 training images, or --calibration_records for a run that names none (an imported one).
 """
 
-from deeplabv3_tf.cli import (
+from deeplabv3_tf.apps.cli import (
     LITERT_NOTICES, filtered_stderr, run_reporting_errors, start_tensorflow, without_notices)
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
@@ -25,10 +25,10 @@ import os  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.experiments import load_experiment  # noqa: E402
-from deeplabv3_tf.export import CONFIG_FILE  # noqa: E402
-from deeplabv3_tf.inference import parse_size  # noqa: E402
-from deeplabv3_tf.litert import QUANTIZATIONS, LiteRTOptions, export_litert  # noqa: E402
+from deeplabv3_tf.runs import load_experiment  # noqa: E402
+from deeplabv3_tf.serving.export import CONFIG_FILE  # noqa: E402
+from deeplabv3_tf.evaluation.inference import parse_size  # noqa: E402
+from deeplabv3_tf.serving.litert import QUANTIZATIONS, LiteRTOptions, export_litert  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run, or a SavedModel version directory.",
                     required=True)

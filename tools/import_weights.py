@@ -11,13 +11,14 @@ run whose backbone `--set train.init=DIR` loads). Needs torch:
 pip install -r requirements-torch.txt.
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.model.torchvision_weights import ARCHITECTURES, import_torchvision  # noqa: E402
+from deeplabv3_tf.model.weights.torchvision import ARCHITECTURES  # noqa: E402
+from deeplabv3_tf.apps.import_weights import import_torchvision  # noqa: E402
 
 FRAMEWORKS = ("torchvision",)
 

@@ -7,14 +7,14 @@ Writes <output_dir>/index.html (open it from disk) and summary.json, and prints
 the warnings. Each glob is one split; images found in two splits are reported.
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
 from deeplabv3_tf.data.inspection import inspect_records  # noqa: E402
-from deeplabv3_tf.inference import parse_size  # noqa: E402
+from deeplabv3_tf.evaluation.inference import parse_size  # noqa: E402
 
 flags.DEFINE_string("output_dir", None, "Where index.html and its pictures go.", required=True)
 flags.DEFINE_string("crop_size", None, "Training crop HEIGHTxWIDTH to compare image sizes with.")

@@ -12,14 +12,14 @@ the others are still written, and the exit status is then 1.
 
 import sys
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.predict import predict_files  # noqa: E402
-from deeplabv3_tf.inference import Windows  # noqa: E402
+from deeplabv3_tf.serving.predict import predict_files  # noqa: E402
+from deeplabv3_tf.evaluation.inference import Windows  # noqa: E402
 
 flags.DEFINE_string("source", None, "Run directory or SavedModel version directory.", required=True)
 flags.DEFINE_string("output_dir", "predictions", "Where masks and overlays go.")

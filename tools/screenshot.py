@@ -7,8 +7,8 @@ Fails, printing them, if the page has console errors or pictures that do not loa
 
 from absl import app, flags
 
-from deeplabv3_tf.browser import Browser, BrowserError
-from deeplabv3_tf.cli import run_reporting_errors
+from deeplabv3_tf.pages.browser import Browser, BrowserError
+from deeplabv3_tf.apps.cli import run_reporting_errors
 
 flags.DEFINE_string("output", None, "PNG to write.", required=True)
 flags.DEFINE_integer("width", 1280, "Window width in CSS pixels.")

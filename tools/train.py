@@ -7,11 +7,10 @@ training records' manifest unless --set gives them.
       --init resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5
   python tools/train.py --experiment tiny_voc --set train.steps=100 --set data.crop_size=(65,65)
 
-Recipes: voc_r101_os16, voc_r101_os8_trainval, coco_r101_os16, voc_r101_os16_from_coco,
-cityscapes_r101_os16, jft_r101_pretrain, tiny_voc, tiny_jft.
+Recipes: `--helpfull` lists them (`deeplabv3_tf/configs/recipes.py`; README, "Recipes").
 """
 
-from deeplabv3_tf.cli import run_reporting_errors, start_tensorflow
+from deeplabv3_tf.apps.cli import run_reporting_errors, start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
@@ -20,9 +19,10 @@ import json  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.experiments import RECIPES, STRATEGIES, get_recipe, resolve_experiment  # noqa: E402
-from deeplabv3_tf.precision import TRAINING_PRECISIONS  # noqa: E402
-from deeplabv3_tf.train import train  # noqa: E402
+from deeplabv3_tf.configs.recipes import RECIPES, get_recipe  # noqa: E402
+from deeplabv3_tf.configs.experiment import FLAG_FIELDS, STRATEGIES, resolve_experiment  # noqa: E402
+from deeplabv3_tf.core.precision import TRAINING_PRECISIONS  # noqa: E402
+from deeplabv3_tf.training.trainer import train  # noqa: E402
 
 flags.DEFINE_enum("experiment", "voc_r101_os16", sorted(RECIPES), "Recipe to train.")
 flags.DEFINE_string("model_dir", None, "Run directory (default: runs/<experiment>).")
@@ -45,11 +45,6 @@ flags.DEFINE_bool("deterministic_ops", False,
                   "tf.config.experimental.enable_op_determinism(): bitwise-reproducible runs.")
 FLAGS = flags.FLAGS
 
-SHORTCUTS = {"train_records": "data.train_records", "val_records": "data.val_records",
-             "init": "train.init", "steps": "train.steps", "batch_size": "train.batch_size",
-             "learning_rate": "train.learning_rate", "output_stride": "model.output_stride",
-             "precision": "train.precision", "strategy": "train.strategy",
-             "jit_compile": "train.jit_compile"}
 
 
 def main(argv):
@@ -57,7 +52,7 @@ def main(argv):
     del argv
     if FLAGS.deterministic_ops:
         tf.config.experimental.enable_op_determinism()
-    assignments = [f"{field}={getattr(FLAGS, name)!r}" for name, field in SHORTCUTS.items()
+    assignments = [f"{field}={getattr(FLAGS, name)!r}" for name, field in FLAG_FIELDS.items()
                    if getattr(FLAGS, name) is not None]
 
     def run():
@@ -65,13 +60,7 @@ def main(argv):
         experiment = resolve_experiment(get_recipe(FLAGS.experiment), assignments + FLAGS.set)
         result = train(experiment, FLAGS.model_dir or f"runs/{experiment.name}",
                        progress=FLAGS.progress)
-        summary = {"step": result.step, "model_dir": result.model_dir,
-                   "preempted": result.preempted}
-        if result.history:
-            summary["last_loss"] = result.history[-1]["loss"]
-        if result.evaluation:
-            summary["val_miou"] = result.evaluation["miou"]
-        print(json.dumps(summary))
+        print(json.dumps(result.summary()))
 
     # A NaN loss is reported in one line too: its message names the step and checkpoint.
     return run_reporting_errors(run, extra=(FloatingPointError,))

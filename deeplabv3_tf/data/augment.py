@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from deeplabv3_tf.classes import IGNORE_LABEL
-from deeplabv3_tf.model.layers import IMAGENET_MEAN_RGB
+from deeplabv3_tf.data.dataset import IGNORE_LABEL, IMAGENET_MEAN_RGB
 
 
 def random_scale(image, label, seed, min_scale: float = 0.5, max_scale: float = 2.0):

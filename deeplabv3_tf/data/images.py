@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from deeplabv3_tf.classes import IGNORE_LABEL
+from deeplabv3_tf.data.dataset import IGNORE_LABEL
 
 
 class InvalidExampleError(ValueError):

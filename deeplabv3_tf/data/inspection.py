@@ -36,13 +36,13 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from deeplabv3_tf import pages
-from deeplabv3_tf.classes import IGNORE_LABEL, DatasetInfo, background_class, default_colors
+from deeplabv3_tf.core import html as pages
+from deeplabv3_tf.data.dataset import IGNORE_LABEL, DatasetInfo, background_class, default_colors
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.data.pipeline import list_files
-from deeplabv3_tf.data.tfrecord_builders.shards import records_manifest
-from deeplabv3_tf.progress import ProgressBar
-from deeplabv3_tf.visualize import overlay
+from deeplabv3_tf.data.schema import records_manifest
+from deeplabv3_tf.core.progress import ProgressBar
+from deeplabv3_tf.data.visualize import overlay
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha",

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from deeplabv3_tf.classes import IGNORE_LABEL
+from deeplabv3_tf.data.dataset import IGNORE_LABEL, IMAGENET_MEAN_RGB
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.data.augment import augment_for_training
-from deeplabv3_tf.model.layers import IMAGENET_MEAN_RGB
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -23,6 +23,9 @@ Classification (JFT-style multi-label) records:
 
 from __future__ import annotations
 
+import json
+import os
+
 import tensorflow as tf
 
 IMAGE_ENCODED = "image/encoded"
@@ -138,3 +141,17 @@ def decode_parsed_segmentation(parsed: dict[str, tf.Tensor]) -> dict[str, tf.Ten
         "label": tf.cast(label[..., 0], tf.int32),
         "filename": parsed[IMAGE_FILENAME],
     }
+
+
+def records_manifest(pattern: str) -> tuple[dict | None, str]:
+    """The manifest of the split a shard glob names, and its path.
+
+    "records/voc/train_aug-*" -> records/voc/train_aug.manifest.json; (None,
+    path) when the glob names no one split or the manifest is absent.
+    """
+    split = os.path.basename(pattern).split("-")[0]
+    path = os.path.join(os.path.dirname(pattern), MANIFEST_NAME.format(split=split))
+    if not split or "*" in split or not os.path.exists(path):
+        return None, path
+    with open(path) as f:
+        return json.load(f), path

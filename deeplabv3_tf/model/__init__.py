@@ -1,9 +1,18 @@
-"""DeepLabv3 model: dilated ResNet or MobileNetV3 backbone, ASPP head, weight loading."""
+"""The networks: backbones (one module each, listed in `backbones`), the DeepLabv3
+head, the backbone classifier, BatchNorm folding, weight importers and cost counts.
 
-from deeplabv3_tf.model.backbone import BACKBONE_NAME, build_resnet
-from deeplabv3_tf.model.backbones import build_backbone
+What a graph is, is `config.ModelConfig`; how its BatchNorms run is
+`blocks.BatchNorm`, an argument of every builder.
+"""
+
+from deeplabv3_tf.model.backbones import BACKBONE_NAME, build_backbone
+from deeplabv3_tf.model.backbones.mobilenet_v3 import build_mobilenet_v3
+from deeplabv3_tf.model.backbones.resnet import build_resnet
+from deeplabv3_tf.model.blocks import BatchNorm
+from deeplabv3_tf.model.classifier import build_classifier
+from deeplabv3_tf.model.config import ModelConfig
 from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, LOGITS_LAYER, build_deeplabv3
-from deeplabv3_tf.model.mobilenet_v3 import build_mobilenet_v3
 
-__all__ = ["AUX_LOGITS", "BACKBONE_NAME", "LOGITS", "LOGITS_LAYER", "build_backbone",
-           "build_deeplabv3", "build_mobilenet_v3", "build_resnet"]
+__all__ = ["AUX_LOGITS", "BACKBONE_NAME", "LOGITS", "LOGITS_LAYER", "BatchNorm", "ModelConfig",
+           "build_backbone", "build_classifier", "build_deeplabv3", "build_mobilenet_v3",
+           "build_resnet"]

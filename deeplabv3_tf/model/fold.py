@@ -26,10 +26,11 @@ import dataclasses
 import keras
 import numpy as np
 
-from deeplabv3_tf.config import ModelConfig
+from deeplabv3_tf.core.precision import INFERENCE_PRECISIONS, check_precision
+from deeplabv3_tf.model.blocks import BatchNorm
+from deeplabv3_tf.model.config import ModelConfig
 from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
 from deeplabv3_tf.model.transfer import flat_layers
-from deeplabv3_tf.precision import INFERENCE_PRECISIONS, check_precision
 
 
 def fold_batch_norm(model: keras.Model, config: ModelConfig, precision: str = "float32",
@@ -55,12 +56,13 @@ def fold_batch_norm(model: keras.Model, config: ModelConfig, precision: str = "f
     if precision not in INFERENCE_PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {INFERENCE_PRECISIONS}.")
     check_precision(precision)
-    folded_config = dataclasses.replace(config, fold_bn=True, sync_bn=False, aux_head=False)
+    folded_config = dataclasses.replace(config, aux_head=False)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
         folded = build_deeplabv3(folded_config, input_shape=input_shape,
-                                 name=f"{model.name}_folded")
+                                 name=f"{model.name}_folded",
+                                 batch_norm=BatchNorm(folded=True))
     finally:
         keras.config.set_dtype_policy(previous)
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deeplabv3_tf.config import NORMALIZATIONS
+from deeplabv3_tf.data.dataset import IMAGENET_MEAN_RGB
 from deeplabv3_tf.model.conv_kernels import (atrous_conv, atrous_conv_implementation,
                                              conv1x1_matmul_gradients,
                                              native_dilated_conv_supported, subsample)
 
-# The ImageNet mean of the Caffe ResNets (keras.applications), RGB order,
-# pixels in [0, 255]. Also the value padded images are filled with.
-IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 # torchvision's and TF Model Garden's statistics, RGB order, pixels in [0, 1].
+# Input normalisations the model can apply to float pixels in [0, 255].
+#   caffe:    RGB->BGR, subtract the ImageNet BGR mean (keras.applications ResNets).
+#   imagenet: RGB scaled to [0, 1], minus the ImageNet mean (0.485, 0.456, 0.406),
+#             divided by the std (0.229, 0.224, 0.225) (torchvision, TF Model Garden).
+#   inception: scale to [-1, 1].
+NORMALIZATIONS = ("caffe", "imagenet", "inception")
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 
@@ -31,7 +34,7 @@ class InputNormalization(keras.layers.Layer):
     subtraction loses precision in float16 for no gain.
 
     Args:
-      mode: One of `deeplabv3_tf.config.NORMALIZATIONS`:
+      mode: One of `NORMALIZATIONS`:
         "caffe" flips RGB to BGR and subtracts the BGR mean (keras.applications
         ResNets); "imagenet" scales to [0, 1], subtracts the RGB mean and
         divides by the std, in that order (torchvision's ToTensor + Normalize);

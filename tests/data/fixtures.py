@@ -1,6 +1,6 @@
 """Small datasets in real on-disk formats, generated for the tests.
 
-VOC and SBD come from `deeplabv3_tf.synthetic.write_voc_dataset` (also used by
+VOC and SBD come from `deeplabv3_tf.data.synthetic.write_voc_dataset` (also used by
 the demo); COCO, Cityscapes, folder and classification fixtures are here.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from deeplabv3_tf.synthetic import draw_scene
+from deeplabv3_tf.data.synthetic import draw_scene
 
 
 def read_records(pattern):

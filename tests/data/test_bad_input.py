@@ -16,10 +16,10 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.data.images import InvalidExampleError
-from deeplabv3_tf.data.tfrecord_builders import build_voc
+from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
 from deeplabv3_tf.data.tfrecord_builders.shards import (
     SplitSpec, Task, WorkerDiedError, write_split)
-from deeplabv3_tf.synthetic import write_voc_dataset
+from deeplabv3_tf.data.synthetic import write_voc_dataset
 from tests.data.fixtures import encode_index, read_records
 from tests.helpers import ROOT
 

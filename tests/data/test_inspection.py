@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deeplabv3_tf.classes import PASCAL_VOC, voc_palette
+from deeplabv3_tf.data.dataset import PASCAL_VOC, voc_palette
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.data.inspection import Thresholds, findings, inspect_records, scan_split
 from tests.helpers import ROOT
@@ -63,8 +63,8 @@ def _titles(result):
 
 
 def test_counts_equal_numpy_and_classes_come_from_the_manifest(tmp_path):
-    from deeplabv3_tf.data.tfrecord_builders import build_voc
-    from deeplabv3_tf.synthetic import write_voc_dataset
+    from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
+    from deeplabv3_tf.data.synthetic import write_voc_dataset
 
     info = write_voc_dataset(str(tmp_path / "data"), num_train=6, num_val=3, with_sbd=False,
                              size_range=(40, 60), max_objects=2)
@@ -182,7 +182,7 @@ def test_void_background_duplicates_sizes_and_leaks(tmp_path):
 def test_tool_refuses_classification_records(tmp_path):
     from tests.data.fixtures import write_classification
 
-    from deeplabv3_tf.data.tfrecord_builders import build_classification
+    from deeplabv3_tf.data.tfrecord_builders.classification import build_classification
 
     manifest = write_classification(str(tmp_path / "cls"))
     build_classification(manifest, str(tmp_path / "records"), num_workers=1, progress=False,

@@ -10,8 +10,10 @@ from PIL import Image
 
 from deeplabv3_tf.data import make_classification_dataset
 from deeplabv3_tf.data.images import InvalidExampleError
-from deeplabv3_tf.data.tfrecord_builders import (
-    build_cityscapes, build_classification, build_coco, build_folder)
+from deeplabv3_tf.data.tfrecord_builders.cityscapes import build_cityscapes
+from deeplabv3_tf.data.tfrecord_builders.classification import build_classification
+from deeplabv3_tf.data.tfrecord_builders.coco import build_coco
+from deeplabv3_tf.data.tfrecord_builders.folder import build_folder
 from deeplabv3_tf.data.tfrecord_builders.cityscapes import LABEL_ID_TO_TRAIN_ID
 from tests.data import fixtures
 

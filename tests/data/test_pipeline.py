@@ -6,9 +6,9 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.data import make_dataset
+from deeplabv3_tf.data.dataset import IMAGENET_MEAN_RGB
 from deeplabv3_tf.data.augment import random_scale
 from deeplabv3_tf.data.schema import segmentation_example
-from deeplabv3_tf.model.layers import IMAGENET_MEAN_RGB
 
 # Each class has a distinct pure colour; void pixels are grey.
 COLOURS = np.array([[0, 0, 0], [250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.float32)

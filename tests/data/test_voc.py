@@ -8,8 +8,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from deeplabv3_tf.data.tfrecord_builders import build_voc, build_voc_aug
-from deeplabv3_tf.synthetic import write_voc_dataset
+from deeplabv3_tf.data.tfrecord_builders.voc import build_voc, build_voc_aug
+from deeplabv3_tf.data.synthetic import write_voc_dataset
 from tests.data.fixtures import parse_segmentation, read_records
 
 DEEPLAB_KEYS = {

@@ -5,8 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from deeplabv3_tf.config import ModelConfig
-from deeplabv3_tf.model.backbone import build_resnet, stage_plan
+from deeplabv3_tf.model.config import ModelConfig
+from deeplabv3_tf.model.blocks import BatchNorm
+from deeplabv3_tf.model.backbones.resnet import BLOCKS_PER_DEPTH, build_resnet, stage_plan
 from tests.helpers import assert_close, tiny_config
 
 
@@ -34,7 +35,7 @@ def test_real_depth_c5_stride(depth, output_stride):
     backbone = build_resnet(config, input_shape=(513, 513, 3))
     assert backbone.output["c5"].shape == (
         None, _ceil_div(513, output_stride), _ceil_div(513, output_stride), 2048)
-    units = sum(config.blocks)
+    units = sum(BLOCKS_PER_DEPTH[config.depth])
     conv_layers = [l for l in backbone.layers if isinstance(l, keras.layers.Conv2D)]
     # Stem + 3 convs per unit + 4 projection shortcuts.
     assert len(conv_layers) == 1 + 3 * units + 4
@@ -137,7 +138,7 @@ def test_bn_settings_and_freeze():
     bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and all(l.momentum == 0.9997 and l.epsilon == 1e-3 for l in bns)
     assert all(l.trainable for l in bns)
-    frozen = build_resnet(tiny_config(freeze_bn=True))
+    frozen = build_resnet(tiny_config(), batch_norm=BatchNorm(frozen=True))
     frozen_bns = [l for l in frozen.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert not any(l.trainable for l in frozen_bns)
     convs = [l for l in frozen.layers if isinstance(l, keras.layers.Conv2D)]

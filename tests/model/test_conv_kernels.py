@@ -18,7 +18,7 @@ from deeplabv3_tf.model import conv_kernels
 from deeplabv3_tf.model.conv_kernels import atrous_conv, atrous_conv_implementation
 from deeplabv3_tf.model.layers import AtrousConv2D
 from deeplabv3_tf.model.layers import native_dilated_conv_supported
-from deeplabv3_tf.precision import compute_dtype
+from deeplabv3_tf.core.precision import compute_dtype
 from tests.helpers import assert_within_bound, assert_within_sum_bound, skip_without_kernels
 
 SIZES = [(7, 9), (8, 8), (5, 6)]  # odd, even, mixed; rate 12 exceeds all of them

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplabv3_tf.config import ModelConfig
+from deeplabv3_tf.model.config import ModelConfig
 from deeplabv3_tf.model import build_deeplabv3
 from deeplabv3_tf.model.cost import count_macs, count_params
 from tests.helpers import assert_close, skip_without_kernels, tiny_config

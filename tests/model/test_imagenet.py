@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from deeplabv3_tf.config import ModelConfig, keras_applications_compatible
+from deeplabv3_tf.model.config import ModelConfig, keras_applications_compatible
 from deeplabv3_tf.model import build_deeplabv3, build_resnet
-from deeplabv3_tf.model.imagenet import load_imagenet_weights, read_keras2_h5
+from deeplabv3_tf.model.weights.imagenet import load_imagenet_weights, read_keras2_h5
 from tests.helpers import assert_close, tiny_config
 
 

@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from deeplabv3_tf.config import ModelConfig, torchvision_backbone, torchvision_deeplabv3
+from deeplabv3_tf.model.config import ModelConfig, torchvision_backbone, torchvision_deeplabv3
 from deeplabv3_tf.model import build_deeplabv3, build_mobilenet_v3
 from deeplabv3_tf.model.classifier import build_classifier
 from deeplabv3_tf.model.cost import count_macs, count_params
-from deeplabv3_tf.model.mobilenet_v3 import block_plan, make_divisible
+from deeplabv3_tf.model.backbones.mobilenet_v3 import block_plan, make_divisible
 from tests.helpers import tiny_mobilenet_config
 
 MOBILENET = ModelConfig(backbone="mobilenet_v3_large")

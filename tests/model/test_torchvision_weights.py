@@ -23,11 +23,11 @@ import pytest
 import tensorflow as tf
 
 from deeplabv3_tf.runs import load_trained_model
-from deeplabv3_tf.experiments import load_experiment
+from deeplabv3_tf.runs import load_experiment
 from deeplabv3_tf.model.classifier import build_classifier
-from deeplabv3_tf.model.torchvision_weights import (
-    TORCH_MISSING, import_torchvision, load_state_dict, read_state_dict)
-from deeplabv3_tf.model.transfer import latest_checkpoint, restore_model
+from deeplabv3_tf.model.weights.torchvision import TORCH_MISSING, load_state_dict, read_state_dict
+from deeplabv3_tf.apps.import_weights import import_torchvision
+from deeplabv3_tf.runs import latest_checkpoint, restore_model
 from tests.helpers import ROOT, assert_close
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -157,10 +157,10 @@ def test_resnet50_backbone_and_classifier_equal_torchvision(resnet50, size):
 
 def test_imported_backbone_initialises_deeplab_training(resnet50):
     """train.init = an imported ResNet run: the backbone weights arrive by name."""
-    from deeplabv3_tf.config import (ModelConfig, keras_applications_compatible,
+    from deeplabv3_tf.model.config import (ModelConfig, keras_applications_compatible,
                                      torchvision_backbone)
     from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
-    from deeplabv3_tf.model.transfer import initialize_from_run
+    from deeplabv3_tf.runs import initialize_from_run
 
     _, pth, run = resnet50
     config = torchvision_backbone(ModelConfig(depth=50, output_stride=16))
@@ -179,7 +179,7 @@ def test_imported_backbone_initialises_deeplab_training(resnet50):
 
 def test_unknown_and_missing_entries_are_named(deeplab_r50, tmp_path):
     from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
-    from deeplabv3_tf.model.torchvision_weights import import_config
+    from deeplabv3_tf.model.weights.torchvision import import_config
 
     _, pth, _, _ = deeplab_r50
     state = read_state_dict(pth)
@@ -314,8 +314,8 @@ def test_deeplabv3_mobilenet_v3_equals_torchvision(deeplab_mobilenet, size):
 def test_deeplabv3_mobilenet_v3_export_masks_equal_torchvision(deeplab_mobilenet, tmp_path):
     """The exported SavedModel (BatchNorm folded, depthwise kernels included) answers
     with torchvision's argmax."""
-    from deeplabv3_tf.export import export_saved_model
-    from deeplabv3_tf.serving import ExportOptions
+    from deeplabv3_tf.serving.export import export_saved_model
+    from deeplabv3_tf.serving.module import ExportOptions
 
     reference, _, run, _ = deeplab_mobilenet
     # One scale, no flip: the multi-scale signature is the ResNet tests' (and 15 s here).
@@ -334,9 +334,9 @@ def test_deeplabv3_mobilenet_v3_export_masks_equal_torchvision(deeplab_mobilenet
 
 
 def test_mobilenet_v3_classifier_equals_torchvision_and_initialises_deeplab(tmp_path):
-    from deeplabv3_tf.config import ModelConfig, torchvision_deeplabv3
+    from deeplabv3_tf.model.config import ModelConfig, torchvision_deeplabv3
     from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
-    from deeplabv3_tf.model.transfer import initialize_from_run
+    from deeplabv3_tf.runs import initialize_from_run
 
     pth, reference = torchvision_reference("mobilenet_v3_large", 4, tmp_path, ("97x131",))
     run = str(tmp_path / "run")
@@ -363,7 +363,7 @@ def test_mobilenet_v3_classifier_equals_torchvision_and_initialises_deeplab(tmp_
 
 
 def test_mobilenet_files_given_as_another_arch_are_named(deeplab_mobilenet):
-    from deeplabv3_tf.model.torchvision_weights import import_config
+    from deeplabv3_tf.model.weights.torchvision import import_config
 
     _, pth, _, _ = deeplab_mobilenet
     state = read_state_dict(pth)

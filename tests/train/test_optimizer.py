@@ -20,7 +20,7 @@ COMPARE = textwrap.dedent("""
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     import keras
-    from deeplabv3_tf.optimizer import SGD
+    from deeplabv3_tf.training.optimizer import SGD
 
     def run(optimizer_class, **options):
         devices = [f"/cpu:{i}" for i in range(replicas)]

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from deeplabv3_tf.data.tfrecord_builders import build_voc
-from deeplabv3_tf.distribute import HEARTBEAT_TIMEOUT_MS
-from deeplabv3_tf.synthetic import write_voc_dataset
+from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
+from deeplabv3_tf.training.distribute import HEARTBEAT_TIMEOUT_MS
+from deeplabv3_tf.data.synthetic import write_voc_dataset
 from tests.helpers import ROOT
 
 
@@ -29,10 +29,12 @@ ONE_STEP = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from deeplabv3_tf.experiments import override, tiny_voc
-    from deeplabv3_tf.optimizer import make_optimizer
-    from deeplabv3_tf.train import build_model
-    from deeplabv3_tf.train_step import make_train_step
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import tiny_voc
+    from deeplabv3_tf.training.optimizer import make_optimizer
+    from deeplabv3_tf.model.blocks import BatchNorm
+    from deeplabv3_tf.runs import build_model
+    from deeplabv3_tf.training.train_step import make_train_step
 
     experiment = override(tiny_voc(), ["model.dropout_rate=0.0", "train.batch_size=4",
                                        "train.weight_decay=1e-3", "train.learning_rate=0.1"])
@@ -45,11 +47,10 @@ ONE_STEP = textwrap.dedent("""
     results = {}
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
         strategy = tf.distribute.MirroredStrategy(devices)
-        model_config = dataclasses.replace(experiment.model, sync_bn=len(devices) > 1)
-        exp = dataclasses.replace(experiment, model=model_config)
+        exp = experiment
         keras.utils.set_random_seed(1)
         with strategy.scope():
-            model = build_model(exp)
+            model = build_model(exp, BatchNorm(synchronized=len(devices) > 1))
             optimizer = make_optimizer(exp.train)
             optimizer.build(model.trainable_variables)
         initial = [w.numpy() for w in model.weights]
@@ -105,8 +106,9 @@ def test_two_replicas_with_sync_bn_match_one_replica(tmp_path):
 MULTI_WORKER = textwrap.dedent("""
     import json, os, sys
     import numpy as np
-    from deeplabv3_tf.experiments import override, tiny_voc
-    from deeplabv3_tf.train import train
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import tiny_voc
+    from deeplabv3_tf.training.trainer import train
     steps = int(sys.argv[4])
     experiment = override(tiny_voc(), [
         f"data.train_records={sys.argv[1]!r}", "data.val_records=''", f"train.steps={steps}",

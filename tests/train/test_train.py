@@ -14,13 +14,16 @@ import pytest
 import tensorflow as tf
 
 from deeplabv3_tf.data import make_dataset
-from deeplabv3_tf.evaluate import evaluate_model
-from deeplabv3_tf.data.tfrecord_builders import build_classification, build_voc
-from deeplabv3_tf.experiments import load_experiment, override, tiny_jft, tiny_voc
+from deeplabv3_tf.evaluation.evaluate import evaluate_model
+from deeplabv3_tf.data.tfrecord_builders.classification import build_classification
+from deeplabv3_tf.data.tfrecord_builders.voc import build_voc
+from deeplabv3_tf.runs import load_experiment
+from deeplabv3_tf.configs.experiment import override
+from deeplabv3_tf.configs.recipes import tiny_jft, tiny_voc
 from deeplabv3_tf.model import build_deeplabv3
-from deeplabv3_tf.model.transfer import initialize_from_run
-from deeplabv3_tf.synthetic import write_voc_dataset
-from deeplabv3_tf.train import train
+from deeplabv3_tf.runs import initialize_from_run
+from deeplabv3_tf.data.synthetic import write_voc_dataset
+from deeplabv3_tf.training.trainer import train
 from tests.data.fixtures import write_classification
 from tests.helpers import ROOT, skip_without_kernels
 
@@ -236,7 +239,7 @@ def test_resume_with_another_replica_count_is_allowed(records, tmp_path):
 
 
 def test_imagenet_h5_initialisation_through_train(records, tmp_path):
-    from deeplabv3_tf.config import keras_applications_compatible
+    from deeplabv3_tf.model.config import keras_applications_compatible
     from deeplabv3_tf.model import build_resnet
     from tests.model.test_imagenet import randomize, write_keras2_h5
 

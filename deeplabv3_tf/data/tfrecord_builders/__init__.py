@@ -1,11 +1,7 @@
-"""TFRecord builders, one module per source format, all writing through `shards.write_split`."""
+"""TFRecord builders, one module per source format, all writing through `shards.write_split`.
 
-from deeplabv3_tf.data.tfrecord_builders.cityscapes import build_cityscapes
-from deeplabv3_tf.data.tfrecord_builders.classification import build_classification
-from deeplabv3_tf.data.tfrecord_builders.coco import build_coco
-from deeplabv3_tf.data.tfrecord_builders.folder import build_folder
-from deeplabv3_tf.data.tfrecord_builders.shards import WorkerDiedError
-from deeplabv3_tf.data.tfrecord_builders.voc import build_voc, build_voc_aug
-
-__all__ = ["build_cityscapes", "build_classification", "build_coco", "build_folder",
-           "build_voc", "build_voc_aug", "WorkerDiedError"]
+Import the builder you need from its module (`tfrecord_builders.voc.build_voc`):
+this package imports none of them, so that reading records (training,
+evaluation) does not load what only one source needs (pycocotools for COCO,
+scipy for SBD's .mat files).
+"""

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from deeplabv3_tf.classes import CITYSCAPES, CITYSCAPES_CLASSES, IGNORE_LABEL
+from deeplabv3_tf.data.dataset import CITYSCAPES, CITYSCAPES_CLASSES, IGNORE_LABEL
 from deeplabv3_tf.data.images import read_index_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation
 from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from deeplabv3_tf.classes import DatasetInfo
+from deeplabv3_tf.data.dataset import DatasetInfo
 from deeplabv3_tf.data.images import read_image
 from deeplabv3_tf.data.schema import classification_example
 from deeplabv3_tf.data.tfrecord_builders.shards import Encoded, SplitSpec, Task, write_split

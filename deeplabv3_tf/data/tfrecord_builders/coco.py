@@ -18,9 +18,10 @@ import os
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from deeplabv3_tf.classes import COCO_VOC, IGNORE_LABEL, VOC_CLASSES
+from deeplabv3_tf.data.dataset import COCO_VOC, IGNORE_LABEL, VOC_CLASSES
 from deeplabv3_tf.data.images import InvalidExampleError
-from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation, read_json
+from deeplabv3_tf.core.files import read_json
+from deeplabv3_tf.data.tfrecord_builders.segmentation import encode_segmentation
 from deeplabv3_tf.data.tfrecord_builders.shards import (
     Filtered, SplitSpec, Task, write_split)
 

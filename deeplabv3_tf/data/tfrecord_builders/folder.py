@@ -22,10 +22,11 @@ from __future__ import annotations
 import functools
 import os
 
-from deeplabv3_tf.classes import IGNORE_LABEL, DatasetInfo, default_colors
+from deeplabv3_tf.data.dataset import IGNORE_LABEL, DatasetInfo, default_colors
 from deeplabv3_tf.data.images import read_color_mask
+from deeplabv3_tf.data.palette_file import read_palette_file
 from deeplabv3_tf.data.tfrecord_builders.segmentation import (
-    check_num_classes, encode_segmentation, read_index_mask_with_ignore, read_json,
+    check_num_classes, encode_segmentation, read_index_mask_with_ignore,
     read_split_list)
 from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
 
@@ -40,26 +41,10 @@ def read_palette(path: str) -> tuple[dict[tuple[int, int, int], int], list[str] 
     Raises:
       FileNotFoundError / ValueError: naming the file and the problem.
     """
-    data = read_json(path, "Palette file")
-    if isinstance(data, list):
-        data = {"colors": data}
-    colours = data.get("colors")
-    if not isinstance(colours, list) or not colours:
-        raise ValueError(f"{path}: expected a non-empty 'colors' list of [r, g, b].")
-    palette = {}
-    entries = [(c, i) for i, c in enumerate(colours)]
-    entries += [(c, IGNORE_LABEL) for c in data.get("ignore", [])]
-    for colour, class_id in entries:
-        if (not isinstance(colour, (list, tuple)) or len(colour) != 3
-                or not all(isinstance(v, int) and 0 <= v <= 255 for v in colour)):
-            raise ValueError(f"{path}: {colour!r} is not an [r, g, b] colour of 0..255 ints.")
-        if tuple(colour) in palette:
-            raise ValueError(f"{path}: colour {colour} is listed twice.")
-        palette[tuple(colour)] = class_id
-    names = data.get("names")
-    if names is not None and len(names) != len(colours):
-        raise ValueError(f"{path}: {len(names)} names for {len(colours)} colours.")
-    return palette, names
+    palette = read_palette_file(path)
+    lookup = {colour: class_id for class_id, colour in enumerate(palette.colors)}
+    lookup.update((colour, IGNORE_LABEL) for colour in palette.ignore)
+    return lookup, list(palette.names) if palette.names is not None else None
 
 
 def _find_image(images_dir: str, example_id: str) -> str:

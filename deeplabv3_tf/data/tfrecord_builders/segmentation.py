@@ -9,12 +9,11 @@ IGNORE_LABEL; the function raises `InvalidExampleError` for a bad mask and
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from deeplabv3_tf.classes import IGNORE_LABEL
+from deeplabv3_tf.data.dataset import IGNORE_LABEL
 from deeplabv3_tf.data.images import (
     check_label, encode_label_png, read_image, read_index_mask)
 from deeplabv3_tf.data.schema import segmentation_example
@@ -57,22 +56,6 @@ def read_index_mask_with_ignore(path: str, num_classes: int, ignore_label: int) 
     if ignore_label != IGNORE_LABEL:
         label = np.where(label == ignore_label, IGNORE_LABEL, label).astype(np.int32)
     return label
-
-
-def read_json(path: str, what: str):
-    """Parses a JSON file; a missing or malformed file is an error naming it.
-
-    Args:
-      path: The file.
-      what: What the file is, for the message ("COCO annotations").
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_split_list(path: str) -> list[str]:

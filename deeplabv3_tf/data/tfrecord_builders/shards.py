@@ -35,11 +35,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from deeplabv3_tf.checksum import file_sha256
-from deeplabv3_tf.classes import DatasetInfo
+from deeplabv3_tf.core.checksum import file_sha256
+from deeplabv3_tf.core.files import atomic_path, write_json_atomically
+from deeplabv3_tf.data.dataset import DatasetInfo
 from deeplabv3_tf.data.images import InvalidExampleError
 from deeplabv3_tf.data.schema import MANIFEST_NAME, SHARD_PATTERN
-from deeplabv3_tf.progress import ProgressBar
+from deeplabv3_tf.core.progress import ProgressBar
 
 PROGRESS_NAME = ".{split}.progress.json"
 TEMP_SUFFIX = ".incomplete"
@@ -226,11 +227,7 @@ def _run(encode: Callable[[Task], Encoded], task: Task):
 
 
 def _write_json(path: str, value) -> None:
-    tmp = path + TEMP_SUFFIX
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomically(path, value, suffix=TEMP_SUFFIX)
 
 
 def _dedupe(tasks: Sequence[Task], spec: SplitSpec, split: str,
@@ -361,10 +358,9 @@ def _write_shard(output_dir, split, shard, num_shards, tasks, results, spec,
                  skip_invalid, bar) -> dict:
     name = SHARD_PATTERN.format(split=split, index=shard, count=num_shards)
     final = os.path.join(output_dir, name)
-    tmp = final + TEMP_SUFFIX
     counts = np.zeros(spec.num_classes, np.int64)
     written, skipped, filtered = 0, [], 0
-    try:
+    with atomic_path(final, suffix=TEMP_SUFFIX) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for task in tasks:
                 status, value = next(results)
@@ -379,11 +375,6 @@ def _write_shard(output_dir, split, shard, num_shards, tasks, results, spec,
                 else:
                     raise InvalidExampleError(value)
                 bar.update(1)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, final)
     return {"file": name, "count": written, "sha256": file_sha256(final),
             "class_counts": counts.tolist(), "skipped": skipped,
             "filtered": filtered}
@@ -409,28 +400,3 @@ def _manifest(split, done, num_shards, spec: SplitSpec, skipped) -> dict:
         "skipped": skipped,
         "num_filtered": sum(s["filtered"] for s in shards),
     }
-
-
-def records_manifest(pattern: str) -> tuple[dict | None, str]:
-    """The manifest of the split a shard glob names, and its path.
-
-    "records/voc/train_aug-*" -> records/voc/train_aug.manifest.json; (None,
-    path) when the glob names no one split or the manifest is absent.
-    """
-    split = os.path.basename(pattern).split("-")[0]
-    path = os.path.join(os.path.dirname(pattern), MANIFEST_NAME.format(split=split))
-    if not split or "*" in split or not os.path.exists(path):
-        return None, path
-    with open(path) as f:
-        return json.load(f), path
-
-
-def read_manifest(directory: str, split: str) -> dict:
-    """Reads `<split>.manifest.json` from `directory`, naming it if absent."""
-    path = os.path.join(directory, MANIFEST_NAME.format(split=split))
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No manifest for split {split!r}: {path} does not exist (was the "
-            "build finished?)")
-    with open(path) as f:
-        return json.load(f)

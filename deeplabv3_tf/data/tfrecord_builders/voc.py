@@ -22,7 +22,7 @@ import os
 import numpy as np
 import scipy.io
 
-from deeplabv3_tf.classes import IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES
+from deeplabv3_tf.data.dataset import IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES
 from deeplabv3_tf.data.images import InvalidExampleError, read_index_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import (
     encode_segmentation, read_split_list)

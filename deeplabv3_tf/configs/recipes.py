@@ -1,0 +1,240 @@
+"""The named recipes: the paper's runs, their variants and the tiny ones.
+
+A recipe is a function returning an `ExperimentConfig`; variants are
+`dataclasses.replace` of another recipe, never copies. `RECIPES` maps names
+(the `--experiment` flag) to those functions.
+
+Paper figures (Chen et al. 2017) are kept beside the recipes that produce them
+in `paper_results`, so evaluation can print them next to what a run reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from deeplabv3_tf.configs.experiment import DataConfig, EvalConfig, ExperimentConfig, TrainConfig
+from deeplabv3_tf.data.dataset import CITYSCAPES, COCO_VOC, PASCAL_VOC, VOC_CLASSES
+from deeplabv3_tf.model.backbones import mobilenet_v3
+from deeplabv3_tf.model.config import (
+    ModelConfig, keras_applications_compatible, torchvision_backbone, torchvision_deeplabv3)
+from deeplabv3_tf.tasks.classification import NAME as CLASSIFICATION
+
+VOC_HARD_CLASSES = ("bicycle", "chair", "diningtable", "pottedplant", "sofa")
+
+
+def _r101_imagenet(**overrides) -> ModelConfig:
+    """ResNet-101 that keras.applications ImageNet weights fit, paper head."""
+    return keras_applications_compatible(ModelConfig(
+        num_classes=21, depth=101, output_stride=16, multi_grid=(1, 2, 4),
+        bn_momentum=0.9997, dropout_rate=0.1, **overrides))
+
+
+def voc_r101_os16() -> ExperimentConfig:
+    """Paper §4.1 main run: train_aug, crop 513, batch 16, poly 0.007, 30K steps, OS16."""
+    return ExperimentConfig(
+        name="voc_r101_os16",
+        model=_r101_imagenet(),
+        data=DataConfig(train_records="records/voc/train_aug-*",
+                        val_records="records/voc/val-*").with_dataset(PASCAL_VOC),
+        train=TrainConfig(init="resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8),
+        paper_results={"val_miou_os16": 77.21, "val_miou_os8": 78.51,
+                       "val_miou_os8_ms_flip": 79.77})
+
+
+def voc_r101_os16_torchvision_init() -> ExperimentConfig:
+    """voc_r101_os16 from torchvision's ImageNet ResNet-101 (IMAGENET1K_V2, 81.9% top-1)
+    instead of keras.applications' (76.4% in Keras' table): a "ResNet v1.5" backbone on
+    torchvision's input normalisation. Import the weights first:
+    tools/import_weights.py torchvision --arch resnet101 --output_dir runs/tv_resnet101.
+    """
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_os16_torchvision_init", model=torchvision_backbone(base.model),
+        train=dataclasses.replace(base.train, init="runs/tv_resnet101"),
+        paper_results={})
+
+
+def voc_r101_os8_trainval() -> ExperimentConfig:
+    """Paper §4.1 test-server stage: from voc_r101_os16, frozen BN, OS8, lr 0.001, trainval.
+
+    trainval contains val, so no val figure is reported; the hard classes
+    (bicycle, chair, dining table, potted plant, sofa) can be repeated with
+    `data.hard_class_repeat`.
+    """
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_os8_trainval",
+        model=dataclasses.replace(base.model, output_stride=8),
+        data=dataclasses.replace(
+            base.data, train_records="records/voc/trainval-*", val_records="",
+            hard_class_ids=tuple(VOC_CLASSES.index(c) for c in VOC_HARD_CLASSES),
+            hard_class_repeat=2),
+        train=dataclasses.replace(base.train, learning_rate=0.001, init="runs/voc_r101_os16",
+                                  freeze_bn=True),
+        eval=EvalConfig(output_strides=(), multiscale_output_stride=0),
+        paper_results={"test_miou_ms_flip": 85.7})
+
+
+def coco_r101_os16() -> ExperimentConfig:
+    """COCO images on the 20 VOC classes (paper §4.1, 'Pretrained on COCO')."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="coco_r101_os16",
+        data=dataclasses.replace(base.data, train_records="records/coco/train-*",
+                                 val_records="records/coco/val-*").with_dataset(COCO_VOC),
+        eval=EvalConfig(output_strides=(16,)), paper_results={})
+
+
+def voc_r101_os16_from_coco() -> ExperimentConfig:
+    """Fine-tunes the COCO-pretrained model on VOC train_aug at lr 0.0001."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_os16_from_coco",
+        train=dataclasses.replace(base.train, learning_rate=0.0001, init="runs/coco_r101_os16"),
+        paper_results={"val_miou_os8_ms_flip": 82.70})
+
+
+def cityscapes_r101_os16() -> ExperimentConfig:
+    """Cityscapes fine annotations: crop 769, 90K steps (paper §4.2).
+
+    Evaluated on whole 2048x1024 images (as research/deeplab and the paper's
+    figure), and also by 769x769 windows at output stride 8 (mmsegmentation's
+    protocol; a fraction of the memory: README "Large images").
+    """
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="cityscapes_r101_os16",
+        model=dataclasses.replace(base.model, num_classes=CITYSCAPES.num_classes),
+        data=dataclasses.replace(base.data, train_records="records/cityscapes/train-*",
+                                 val_records="records/cityscapes/val-*",
+                                 crop_size=(769, 769)).with_dataset(CITYSCAPES),
+        train=dataclasses.replace(base.train, steps=90000, batch_size=8),
+        eval=EvalConfig(output_strides=(16, 8), multiscale_output_stride=8,
+                        window=(769, 769), window_stride=(513, 513), windowed_output_stride=8),
+        paper_results={"val_miou_os8_ms_flip": 79.3})
+
+
+def jft_r101_pretrain() -> ExperimentConfig:
+    """JFT-style multi-label pretraining of the ResNet-101 backbone (DeepLabv3-JFT).
+
+    Sigmoid cross-entropy over multi-hot targets; the classifier bias starts
+    at log(1 / (C - 1)) so that each class starts at probability ~1/C. Its
+    backbone then initialises segmentation (`train.init` = this run's directory).
+    """
+    return ExperimentConfig(
+        name="jft_r101_pretrain", task=CLASSIFICATION,
+        model=dataclasses.replace(_r101_imagenet(), num_classes=18291, output_stride=32,
+                                  multi_grid=(1, 1, 1)),
+        data=DataConfig(train_records="records/jft/train-*", val_records="",
+                        class_names=(), image_size=224),
+        train=TrainConfig(steps=500000, batch_size=256, learning_rate=0.1, lr_power=1.0,
+                          warmup_steps=5000, init=""),
+        eval=EvalConfig(output_strides=()))
+
+
+def _mobilenetv3(**overrides) -> ModelConfig:
+    """torchvision's deeplabv3_mobilenet_v3_large: dilated MobileNetV3-Large at output
+    stride 16, ASPP 12/24/36, a 3x3 conv before the logits, the auxiliary FCN head on
+    the first block of the 40-channel stage, ImageNet mean/std input."""
+    return torchvision_deeplabv3(ModelConfig(
+        num_classes=21, backbone=mobilenet_v3.NAME, output_stride=16, aux_head=True,
+        bn_momentum=0.9997, **overrides))
+
+
+def voc_mobilenetv3_os16() -> ExperimentConfig:
+    """DeepLabv3-MobileNetV3-Large on VOC train_aug with the paper's schedule (crop 513,
+    batch 16, poly 0.007, 30K steps), from torchvision's ImageNet MobileNetV3-Large:
+    tools/import_weights.py torchvision --arch mobilenet_v3_large --output_dir
+    runs/tv_mobilenet_v3_large. The auxiliary head's loss weighs 0.5 (torchvision)."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_mobilenetv3_os16", model=_mobilenetv3(),
+        train=dataclasses.replace(base.train, init="runs/tv_mobilenet_v3_large"),
+        paper_results={})
+
+
+def voc_mobilenetv3_os16_finetune() -> ExperimentConfig:
+    """Fine-tunes torchvision's trained deeplabv3_mobilenet_v3_large (COCO images, the
+    VOC classes) on VOC train_aug at lr 0.0001, as the paper's COCO -> VOC stage:
+    tools/import_weights.py torchvision --arch deeplabv3_mobilenet_v3_large
+    --output_dir runs/tv_deeplabv3_mobilenet_v3_large."""
+    base = voc_mobilenetv3_os16()
+    return dataclasses.replace(
+        base, name="voc_mobilenetv3_os16_finetune",
+        train=dataclasses.replace(base.train, learning_rate=0.0001,
+                                  init="runs/tv_deeplabv3_mobilenet_v3_large"))
+
+
+def tiny_model(num_classes: int = 21, **overrides) -> ModelConfig:
+    """One bottleneck per stage, 8 base channels: trains in seconds on a CPU."""
+    values = dict(num_classes=num_classes, depth=14, base_width=8, multi_grid=(1,),
+                  aspp_filters=32, output_stride=16, bn_momentum=0.9, dropout_rate=0.1,
+                  normalization="imagenet")
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_voc() -> ExperimentConfig:
+    """A small recipe of the same code: shallow dilated ResNet on generated VOC data."""
+    return ExperimentConfig(
+        name="tiny_voc",
+        model=tiny_model(),
+        data=DataConfig(train_records="runs/demo/records/train-*",
+                        val_records="runs/demo/records/val-*", dataset="pascal_voc",
+                        crop_size=(97, 97),
+                        min_scale=0.75, max_scale=1.25, shuffle_buffer=256),
+        train=TrainConfig(steps=600, batch_size=8, learning_rate=0.05, weight_decay=1e-4,
+                          checkpoint_every=100, log_every=10, image_summary_every=100,
+                          eval_every=0),
+        eval=EvalConfig(output_strides=(16, 8), scales=(0.75, 1.0, 1.25),
+                        multiscale_output_stride=8))
+
+
+def tiny_voc_mobilenetv3() -> ExperimentConfig:
+    """tiny_voc on MobileNetV3-Large at a quarter of its width (every block, SE and
+    hard-swish kept), with its auxiliary head."""
+    base = tiny_voc()
+    return dataclasses.replace(
+        base, name="tiny_voc_mobilenetv3",
+        model=dataclasses.replace(
+            _mobilenetv3(width_multiplier=0.25), aspp_filters=32, head_filters=32,
+            bn_momentum=0.9, dropout_rate=0.1))
+
+
+def tiny_jft() -> ExperimentConfig:
+    """A tiny multi-label pretraining run on generated classification records."""
+    return ExperimentConfig(
+        name="tiny_jft", task=CLASSIFICATION,
+        model=tiny_model(num_classes=21, output_stride=32),
+        data=DataConfig(train_records="runs/demo/jft/train-*", class_names=(),
+                        image_size=64, shuffle_buffer=256),
+        train=TrainConfig(steps=50, batch_size=8, learning_rate=0.05, lr_power=1.0,
+                          checkpoint_every=25, log_every=10, image_summary_every=0,
+                          eval_every=0),
+        eval=EvalConfig(output_strides=()))
+
+
+RECIPES: dict[str, Callable[[], ExperimentConfig]] = {
+    "voc_r101_os16": voc_r101_os16,
+    "voc_r101_os16_torchvision_init": voc_r101_os16_torchvision_init,
+    "voc_r101_os8_trainval": voc_r101_os8_trainval,
+    "coco_r101_os16": coco_r101_os16,
+    "voc_r101_os16_from_coco": voc_r101_os16_from_coco,
+    "cityscapes_r101_os16": cityscapes_r101_os16,
+    "jft_r101_pretrain": jft_r101_pretrain,
+    "voc_mobilenetv3_os16": voc_mobilenetv3_os16,
+    "voc_mobilenetv3_os16_finetune": voc_mobilenetv3_os16_finetune,
+    "tiny_voc": tiny_voc,
+    "tiny_voc_mobilenetv3": tiny_voc_mobilenetv3,
+    "tiny_jft": tiny_jft,
+}
+
+
+def get_recipe(name: str) -> ExperimentConfig:
+    if name not in RECIPES:
+        raise ValueError(f"Unknown experiment {name!r}; choose one of {sorted(RECIPES)}.")
+    return RECIPES[name]()
+
+
