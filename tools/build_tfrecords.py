@@ -24,12 +24,12 @@ import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.data.tfrecord_cityscapes import build_cityscapes  # noqa: E402
-from deeplabv3_tf.data.tfrecord_classification import build_classification  # noqa: E402
-from deeplabv3_tf.data.tfrecord_coco import build_coco  # noqa: E402
-from deeplabv3_tf.data.tfrecord_folder import build_folder  # noqa: E402
-from deeplabv3_tf.data.tfrecord_shards import WorkerDiedError  # noqa: E402
-from deeplabv3_tf.data.tfrecord_voc import build_voc, build_voc_aug  # noqa: E402
+from deeplabv3_tf.data.tfrecord_builders.cityscapes import build_cityscapes  # noqa: E402
+from deeplabv3_tf.data.tfrecord_builders.classification import build_classification  # noqa: E402
+from deeplabv3_tf.data.tfrecord_builders.coco import build_coco  # noqa: E402
+from deeplabv3_tf.data.tfrecord_builders.folder import build_folder  # noqa: E402
+from deeplabv3_tf.data.tfrecord_builders.shards import WorkerDiedError  # noqa: E402
+from deeplabv3_tf.data.tfrecord_builders.voc import build_voc, build_voc_aug  # noqa: E402
 
 SOURCES = ("voc", "voc_aug", "coco", "cityscapes", "folder", "classification")
 

@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 from deeplabv3_tf.serving.export import export_saved_model  # noqa: E402
 from deeplabv3_tf.evaluation.inference import Windows  # noqa: E402
 from deeplabv3_tf.core.precision import INFERENCE_PRECISIONS  # noqa: E402
-from deeplabv3_tf.serving.module import DEFAULT_SCALES, ExportOptions  # noqa: E402
+from deeplabv3_tf.serving.options import DEFAULT_SCALES, ExportOptions  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("export_dir", None, "Model base path for TF Serving.", required=True)
@@ -36,7 +36,7 @@ flags.DEFINE_integer("max_request_pixels", None,
                      "Pixels one request may hold, B x H x W (default: --max_pixels; 0: no limit).")
 flags.DEFINE_bool("server_batching", False,
                   "For TF Serving's --enable_batching: no request is refused because of "
-                  "another merged with it (README, Export and serving).")
+                  "another merged with it (docs/serving.md).")
 flags.DEFINE_bool("fold_batch_norm", True, "Fold BatchNorm into the convs (same function, fewer ops).")
 flags.DEFINE_enum("precision", "float32", list(INFERENCE_PRECISIONS),
                   "Compute precision of the exported convs. bfloat16 pays with AMX (and on "

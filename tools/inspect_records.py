@@ -13,7 +13,7 @@ start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
 from absl import app, flags, logging  # noqa: E402
 
-from deeplabv3_tf.data.inspection import inspect_records  # noqa: E402
+from deeplabv3_tf.pages.records_page import inspect_records  # noqa: E402
 from deeplabv3_tf.evaluation.inference import parse_size  # noqa: E402
 
 flags.DEFINE_string("output_dir", None, "Where index.html and its pictures go.", required=True)

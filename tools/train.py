@@ -46,14 +46,18 @@ flags.DEFINE_bool("deterministic_ops", False,
 FLAGS = flags.FLAGS
 
 
+def _assignments() -> list[str]:
+    """The one-field flags given (`--steps 100`), as `--set` assignments."""
+    return [f"{field}={getattr(FLAGS, name)!r}" for name, field in FLAG_FIELDS.items()
+            if getattr(FLAGS, name) is not None]
+
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     del argv
     if FLAGS.deterministic_ops:
         tf.config.experimental.enable_op_determinism()
-    assignments = [f"{field}={getattr(FLAGS, name)!r}" for name, field in FLAG_FIELDS.items()
-                   if getattr(FLAGS, name) is not None]
+    assignments = _assignments()
 
     def run():
         # Classes, names and colours come from the training records unless --set.

@@ -25,14 +25,14 @@ from deeplabv3_tf.configs.experiment import FLAG_FIELDS, resolve_experiment
 from deeplabv3_tf.configs.recipes import get_recipe
 from deeplabv3_tf.core.files import write_json_atomically
 from deeplabv3_tf.data.dataset import VOC_CLASSES
-from deeplabv3_tf.data.inspection import inspect_records
+from deeplabv3_tf.pages.records_page import inspect_records
 from deeplabv3_tf.data.synthetic import write_voc_dataset
 from deeplabv3_tf.data.tfrecord_builders.segmentation import read_split_list
 from deeplabv3_tf.data.tfrecord_builders.voc import build_voc, build_voc_aug, find_voc_root
 from deeplabv3_tf.evaluation.evaluate import evaluate_run
 from deeplabv3_tf.ops.metrics import confusion_matrix, iou_from_confusion
 from deeplabv3_tf.serving.export import export_saved_model
-from deeplabv3_tf.serving.module import ExportOptions
+from deeplabv3_tf.serving.options import ExportOptions
 from deeplabv3_tf.serving.predict import predict_files
 from deeplabv3_tf.training.trainer import train
 

@@ -38,7 +38,7 @@ MOVED_FIELDS = {"model.freeze_bn": "train.freeze_bn", "model.sync_bn": "train.sy
 class DataConfig:
     """Where the records are and how examples are prepared.
 
-    The dataset's description (`classes.DatasetInfo`) is `dataset`,
+    The dataset's description (`data.dataset.DatasetInfo`) is `dataset`,
     `class_names`, `colors`, `ignore_label` and `label_ids`; training takes
     them from the training records' manifest unless they are set
     (`resolve_experiment`).

@@ -101,7 +101,7 @@ def cityscapes_r101_os16() -> ExperimentConfig:
 
     Evaluated on whole 2048x1024 images (as research/deeplab and the paper's
     figure), and also by 769x769 windows at output stride 8 (mmsegmentation's
-    protocol; a fraction of the memory: README "Large images").
+    protocol; a fraction of the memory: docs/evaluation.md, "Large images").
     """
     base = voc_r101_os16()
     return dataclasses.replace(

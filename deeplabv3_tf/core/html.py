@@ -1,7 +1,7 @@
 """Self-contained HTML pages: one folder holding the page and its pictures.
 
 The record inspector (`data/inspection.py`) and the evaluation report
-(`report_page.py`) write their pages with these helpers. A page opens from
+(`pages/evaluation_page.py`) write their pages with these helpers. A page opens from
 disk in any browser: no script, no server, no network; charts are inline SVG,
 pictures are PNG/JPEG files beside the page referenced by relative paths.
 Figures a test reads back carry `data-*` attributes (e.g. the IoU cells:

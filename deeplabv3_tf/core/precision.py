@@ -14,7 +14,7 @@ create a primitive descriptor") and a bfloat16 MatMul kills the process
 process, and `check_precision` refuses a bfloat16 precision at the start of
 a run with one line saying what is missing.
 
-Whether bfloat16 pays where it runs is another question (README, "Speed"):
+Whether bfloat16 pays where it runs is another question (bench/README.md, "Does bfloat16 pay?"):
 with AMX it is several times float32's speed, with AVX512_BF16 alone about
 twice on the AMD EPYC, and slower than float32 on an Intel Xeon without AMX.
 """

@@ -47,8 +47,7 @@ def read_palette_file(path: str) -> PaletteFile:
     for colour in data["colors"] + list(data.get("ignore", [])):
         if (not isinstance(colour, (list, tuple)) or len(colour) != 3
                 or not all(isinstance(v, int) and 0 <= v <= 255 for v in colour)):
-            raise ValueError(f"{path}: {tuple(colour) if isinstance(colour, list) else colour!r} "
-                             "is not an [r, g, b] colour of 0..255 ints.")
+            raise ValueError(f"{path}: {colour!r} is not an [r, g, b] colour of 0..255 ints.")
         if tuple(colour) in seen:
             raise ValueError(f"{path}: colour {colour} is listed twice.")
         seen.add(tuple(colour))

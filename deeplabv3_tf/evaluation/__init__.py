@@ -1,1 +1,2 @@
-""""""
+"""Inference (single and multi-scale + flip, sliding windows), evaluation over
+records and a run's protocol, CSV and chart reports."""

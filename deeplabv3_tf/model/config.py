@@ -72,7 +72,7 @@ class ModelConfig:
         before the logits (torchvision's DeepLabHead: 256).
       aux_head: Add torchvision's auxiliary FCN head (3x3 conv to a quarter
         of its input's channels + BN + ReLU, dropout 0.1, 1x1 conv to the
-        classes) on the backbone's aux endpoint (`backbone.aux_endpoint`:
+        classes) on the backbone's aux endpoint (`Backbone.aux_endpoint`:
         ResNet c4; MobileNetV3 the first block of stage 3). The model then has a second output used only by the
         training loss (`train.aux_loss_weight`); inference ignores it.
       bn_momentum: BatchNorm moving-average decay (paper: 0.9997).

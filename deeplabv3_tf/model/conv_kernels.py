@@ -20,7 +20,7 @@
 Which of native and taps runs the forward pass and input gradient of an atrous
 conv (`atrous_conv_implementation`): native unless the environment variable
 DEEPLABV3_ATROUS_CONV says "taps" (read when the graph is traced). Measured on
-the AMD EPYC (AVX512_BF16, 2 cores; bench/README "Speed"): alone, ASPP's convs
+the AMD EPYC (AVX512_BF16, 2 cores; bench/README.md, "AMD EPYC"): alone, ASPP's convs
 (2048 -> 256 at 33x33 and 65x65, rates 6-36) ran 7-24 % faster by taps in
 float32 and 20 % slower in bfloat16, the backbone's 256/512-channel dilated convs
 0-37 % slower in float32; in the whole R101 graph, float32 taps on ASPP alone

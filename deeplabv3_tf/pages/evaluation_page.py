@@ -209,13 +209,23 @@ def write_report(output_dir: str, summary: dict, confusions: dict, rankings: dic
     Returns:
       The page's path.
     """
+    first = summary[next(iter(summary))]
+    body = [f"<h1>Evaluation: {pages.escape(title)}</h1>",
+            f"<p>Checkpoint {pages.escape(first['checkpoint'])}<br>Records "
+            f"{pages.escape(records)} ({first['images']} images). Figures in % (IoU, pixel "
+            "accuracy); the same numbers as results.json.</p>"]
+    body += _settings_section(summary)
+    body += _class_section(summary, class_names, colours)
+    body += _confusion_section(confusions, class_names)
+    body += _examples_section(output_dir, rankings, list(summary), class_names, colours,
+                              ignore_label)
+    return pages.write_page(os.path.join(output_dir, REPORT_FILE), f"Evaluation: {title}", body)
+
+
+def _settings_section(summary: dict) -> list[str]:
+    """The table of settings: stride, scales, flip, windows, mIoU beside the paper's."""
     esc = pages.escape
-    settings = list(summary)
-    first = summary[settings[0]]
-    body = [f"<h1>Evaluation: {esc(title)}</h1>",
-            f"<p>Checkpoint {esc(first['checkpoint'])}<br>Records {esc(records)} "
-            f"({first['images']} images). Figures in % (IoU, pixel accuracy); the same "
-            "numbers as results.json.</p>", "<h2>Settings</h2>"]
+    body = ["<h2>Settings</h2>"]
     rows = []
     for name, result in summary.items():
         window = result.get("window")
@@ -233,6 +243,14 @@ def write_report(output_dir: str, summary: dict, confusions: dict, rankings: dic
     body.append(pages.table(["setting", "output stride", "scales", "flip", "inference",
                              "mIoU", "paper mIoU", "pixel accuracy", "images"], rows))
 
+    return body
+
+
+def _class_section(summary: dict, class_names: Sequence[str], colours: np.ndarray) -> list[str]:
+    """Per-class IoU of every setting: a table and a bar chart (the paper's mIoU beside)."""
+    esc = pages.escape
+    settings = list(summary)
+    body = []
     body.append("<h2>Per-class IoU</h2>")
     chart_rows = ["mIoU"] + list(class_names)
     series = []
@@ -261,6 +279,14 @@ def write_report(output_dir: str, summary: dict, confusions: dict, rankings: dic
     body.append(pages.bar_chart(chart_rows, series, maximum=100))
     body.append("</div>")
 
+    return body
+
+
+def _confusion_section(confusions: dict, class_names: Sequence[str]) -> list[str]:
+    """One heat map of the confusion matrix per setting (the first open)."""
+    esc = pages.escape
+    settings = list(confusions)
+    body = []
     body.append("<h2>Confusion matrices</h2><p class=\"muted\">Rows: ground truth; columns: "
                 "prediction; each row in % of its pixels (hover a cell for its count).</p>")
     for k, name in enumerate(settings):
@@ -269,6 +295,15 @@ def write_report(output_dir: str, summary: dict, confusions: dict, rankings: dic
         body.append(_heatmap(name, confusions[name], class_names))
         body.append("</details>")
 
+    return body
+
+
+def _examples_section(output_dir: str, rankings: dict, settings: list[str],
+                      class_names: Sequence[str], colours: np.ndarray,
+                      ignore_label: int) -> list[str]:
+    """The worst and best images of each setting, with their error maps."""
+    esc = pages.escape
+    body = []
     body.append("<h2>Worst and best images</h2><p class=\"muted\">Per-image IoU: the mean "
                 "IoU, in that image, over the classes present in its label or its prediction "
                 "(void pixels excluded). Error map: red wrong, dark right, blue void.</p>")
@@ -286,5 +321,4 @@ def write_report(output_dir: str, summary: dict, confusions: dict, rankings: dic
         body += _examples(output_dir, name, "best", ranking.best(), class_names, colours,
                           ignore_label)
         body.append("</details>")
-    return pages.write_page(os.path.join(output_dir, REPORT_FILE), f"Evaluation: {title}", body)
-
+    return body

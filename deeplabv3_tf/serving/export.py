@@ -33,7 +33,8 @@ from deeplabv3_tf.data import schema
 from deeplabv3_tf.model.fold import fold_batch_norm
 from deeplabv3_tf.core.precision import check_precision
 from deeplabv3_tf.runs import load_trained_model
-from deeplabv3_tf.serving.module import ExportOptions, SegmentationModule
+from deeplabv3_tf.serving.module import SegmentationModule
+from deeplabv3_tf.serving.options import ExportOptions
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 CONFIG_FILE = os.path.join("assets.extra", "export_config.json")
@@ -53,7 +54,7 @@ def _warmup_images(module: SegmentationModule) -> list[np.ndarray]:
     sizes = [(97, 131), (64, 48)]
     # multiscale_flip has the smallest budgets; encoded_image gets both images in
     # one request, answered as 2 x 97 x 131.
-    per_image, per_request, _ = module.dense_budgets(module.options.scales)
+    per_image, per_request, _ = module.checks.dense_budgets(module.options.scales)
     limits = [limit for limit in (per_image, per_request // 2) if limit]
     if limits:
         factor = min(1.0, math.sqrt(min(limits) / (97 * 131)))
@@ -99,7 +100,7 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
 
     Args:
       palette_file: Colours (and optionally names, label ids) to export
-        instead of the run's (`classes.with_palette_file`).
+        instead of the run's (`data.palette_file.with_palette_file`).
 
     Returns:
       The version directory.

@@ -26,137 +26,20 @@ Exported with a `window`, every image signature segments by sliding windows
 (`inference.Windows`): the network's memory is then that of one batch of
 windows, and the default budget is DEFAULT_WINDOWED_MAX_PIXELS.
 
-The pixel budget. TF Serving runs every model of a server in one process: one
-request that decodes or segments too many pixels takes them all down. So each
-request is checked before any image is decoded or any tensor of its size is
-made: every image against `max_pixels` (encoded images by their headers,
-`image_header.read_header`: GIF frames count, unknown formats are refused),
-and the whole request against `max_request_pixels`: the dense input B x H x W,
-or for encoded images the padded answer B x Hmax x Wmax. A request over either
-answers INVALID_ARGUMENT naming its size and the budget, as does every
-malformed request (empty strings, cut-off or unknown bytes, zero-size or
-5-channel tensors); an empty batch answers empty outputs.
-
-Under TF Serving's server-side batching the signature sees the merged batch of
-several clients' requests, and an error fails all of them. Exported with
-`server_batching`, nothing that depends on another request refuses: the
-request-level check is off (the merged batch is bounded by the batching
-configuration's max_batch_size instead), an encoded image over budget or of
-an unknown format gets an empty mask and its own `error` text, and a dense
-batch padded past the per-image budget is shrunk to fit it (as max_side does)
-rather than refused.
+The request checks (the pixel budget, malformed requests) are `requests.py`;
+the options an export is made with, `options.py`.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
 from deeplabv3_tf.data.dataset import IGNORE_LABEL, DatasetInfo
 from deeplabv3_tf.data import schema
-from deeplabv3_tf.serving.image_header import IS_EMPTY, OK, PROBLEMS, read_header
-from deeplabv3_tf.evaluation.inference import Windows, predict_labels, predict_probabilities, upsampled_labels
-from deeplabv3_tf.core.precision import INFERENCE_PRECISIONS
-
-DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-IMAGE_SIGNATURES = ("serving_default", "multiscale_flip", "encoded_image", "tf_example")
-# 2048 x 2048: one image of this size adds 1.1 GB to a served R101 at output
-# stride 16 (2.3 GB in all), 1.9 GB at stride 8 (3.1 GB in all), on CPU
-# (README "Export and serving", bench/serving_memory.py).
-DEFAULT_MAX_PIXELS = 2048 * 2048
-# 4096 x 4096 for a windowed export: the network's memory is that of a batch
-# of windows whatever the image; what grows with the image is its decoded and
-# float copies and the answer (about 40 bytes a pixel) and one row of windows'
-# accumulator (window height x width x classes x 4 bytes). Measured by
-# bench/serving_memory.py (README "Large images").
-DEFAULT_WINDOWED_MAX_PIXELS = 4096 * 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    """What the exported graph does beyond the trained model.
-
-    Attributes:
-      output_stride: Inference output stride (None: the training one).
-      scales: Scales of the multiscale_flip signature.
-      flip: Left-right flip in multiscale_flip.
-      with_probabilities: Add `probabilities` to serving_default and
-        multiscale_flip (off by default: 513x513x21 float32 is 22 MB per image,
-        above gRPC's default 4 MB message limit).
-      max_side: Resize images whose longest side exceeds this inside the graph
-        (masks still come back at the original size); 0 = never.
-      max_pixels: Pixels one image may have (GIF: x frames); larger images are
-        refused with INVALID_ARGUMENT before they are decoded. 0 = no limit;
-        None: DEFAULT_MAX_PIXELS, or DEFAULT_WINDOWED_MAX_PIXELS with `window`.
-      max_request_pixels: Pixels one request may hold (dense: B x H x W;
-        encoded: the padded answer B x Hmax x Wmax). None: `max_pixels`;
-        0 = no limit.
-      server_batching: For TF Serving's server-side batching: no check that
-        depends on other requests of a merged batch refuses it (module doc).
-      fold_batch_norm: Fold every BatchNorm into its conv (`model.fold`):
-        the same function with fewer ops. In float32 on CPU grappler already
-        fuses the (fused) BatchNorm into the conv, so speed is unchanged; the
-        bfloat16 graph needs it (Keras' BatchNorm computes in float32).
-      precision: "float32", or "bfloat16" where the CPU has bfloat16 kernels
-        (`precision.check_precision`) and they pay: AMX (several times
-        float32's speed), AVX512_BF16 on the AMD EPYC (about twice); not an
-        Intel Xeon without AMX, where bfloat16 runs slower than float32.
-        Masks agree with float32 on >= 99.5% of pixels. Probabilities stay
-        float32 either way.
-      window: Segment images by sliding windows (`inference.Windows`) in every
-        image signature; images no larger than the window run whole.
-    """
-
-    output_stride: int | None = None
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    flip: bool = True
-    with_probabilities: bool = False
-    max_side: int = 0
-    max_pixels: int | None = None
-    max_request_pixels: int | None = None
-    server_batching: bool = False
-    fold_batch_norm: bool = True
-    precision: str = "float32"
-    window: Windows | None = None
-
-    def __post_init__(self):
-        if isinstance(self.window, dict):  # from export_config.json
-            object.__setattr__(self, "window", Windows(**self.window))
-        if self.max_pixels is None:
-            object.__setattr__(self, "max_pixels", DEFAULT_WINDOWED_MAX_PIXELS if self.window
-                               else DEFAULT_MAX_PIXELS)
-        if self.precision not in INFERENCE_PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not one of "
-                             f"{INFERENCE_PRECISIONS}.")
-        if self.precision != "float32" and not self.fold_batch_norm:
-            raise ValueError("precision='bfloat16' exports the folded graph; "
-                             "leave fold_batch_norm on.")
-        for name in ("max_side", "max_pixels", "max_request_pixels"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name}={value}: give a positive number, or 0 for no limit.")
-
-    @property
-    def request_pixels(self) -> int:
-        """The per-request budget in effect (0: none)."""
-        if self.server_batching:
-            return 0
-        return self.max_pixels if self.max_request_pixels is None else self.max_request_pixels
-
-
-def _string(value) -> tf.Tensor:
-    return tf.strings.as_string(value)
-
-
-def _join(*parts) -> tf.Tensor:
-    return tf.strings.join([p if isinstance(p, tf.Tensor) else tf.constant(p) for p in parts])
-
-
-def _refuse_unless(ok, message) -> tf.Operation:
-    """INVALID_ARGUMENT with `message` (string scalar) where `ok` is false."""
-    return tf.debugging.Assert(ok, [message], summarize=1)
+from deeplabv3_tf.evaluation.inference import predict_labels, predict_probabilities, upsampled_labels
+from deeplabv3_tf.serving.options import IMAGE_SIGNATURES, ExportOptions
+from deeplabv3_tf.serving.requests import RequestChecks
 
 
 class _Untracked:
@@ -188,6 +71,7 @@ class SegmentationModule(tf.Module):
             raise TypeError("Expected the model's variables to hold tf.Variables "
                             "(Keras with the TensorFlow backend).")
         self.options = options
+        self.checks = RequestChecks(options)
         self.num_classes = experiment.model.num_classes
         dataset = dataset or experiment.data.info
         if dataset.num_classes != self.num_classes:
@@ -272,63 +156,8 @@ class SegmentationModule(tf.Module):
 
     # Dense signatures -----------------------------------------------------
 
-    def _rgb(self, images):
-        """uint8 [B, H, W, C] -> float32 [B, H, W, 3]: grey repeated, alpha dropped
-        (as decode_image(channels=3) does with grey and RGBA PNGs)."""
-        channels = tf.shape(images)[3]
-        check = _refuse_unless(
-            (channels >= 1) & (channels <= 4),
-            _join("images have ", _string(channels), " channels: send 1 (grey), "
-                  "2 (grey + alpha), 3 (RGB) or 4 (RGBA)"))
-        with tf.control_dependencies([check]):
-            index = tf.clip_by_value(channels - 1, 0, 3)
-        rgb = tf.switch_case(index, [
-            lambda: tf.tile(images[..., :1], [1, 1, 1, 3]),
-            lambda: tf.tile(images[..., :1], [1, 1, 1, 3]),
-            lambda: images[..., :3],
-            lambda: images[..., :3]])
-        return tf.cast(tf.ensure_shape(rgb, [None, None, None, 3]), tf.float32)
-
-    def dense_budgets(self, scales) -> tuple[int, int, str]:
-        """(pixels per image, per request, how they were derived) for dense images.
-
-        The budget bounds what the network sees: a signature that also runs the
-        image at scale s > 1 sees s^2 times the pixels (multiscale_flip at the
-        default scales, up to 1.75: 5.2 GB added at 2048x2048 at output stride
-        16, against 1.1 GB single-scale), so its budgets are divided by the
-        largest scale squared.
-        """
-        largest = max(1.0, *scales)
-        options = self.options
-        if largest == 1.0:
-            return options.max_pixels, options.request_pixels, ""
-        factor = largest * largest
-        note = f" (the budget of the export over {largest:g}^2, for its largest scale)"
-        return int(options.max_pixels / factor), int(options.request_pixels / factor), note
-
-    def _dense_checks(self, images, scales) -> list:
-        shape = tf.cast(tf.shape(images, out_type=tf.int64), tf.int64)
-        batch, height, width = shape[0], shape[1], shape[2]
-        size = _join(_string(height), "x", _string(width))
-        checks = [_refuse_unless(
-            tf.equal(batch, 0) | (height * width > 0),
-            _join("images are ", size, ": an image needs at least one pixel"))]
-        per_image, per_request, note = self.dense_budgets(scales)
-        if per_image and not self.options.server_batching:
-            checks.append(_refuse_unless(
-                tf.equal(batch, 0) | (height * width <= per_image),
-                _join("images are ", size, " = ", _string(height * width),
-                      f" pixels each, over the budget of {per_image} pixels per image{note}")))
-        if per_request:
-            checks.append(_refuse_unless(
-                batch * height * width <= per_request,
-                _join("the request holds ", _string(batch), " images of ", size, " = ",
-                      _string(batch * height * width), " pixels, over the budget "
-                      f"of {per_request} pixels per request{note}")))
-        return checks
-
     def _dense(self, images, scales, flip):
-        with tf.control_dependencies(self._dense_checks(images, scales)):
+        with tf.control_dependencies(self.checks.dense_checks(images, scales)):
             images = tf.identity(images)
 
         def empty():
@@ -339,43 +168,11 @@ class SegmentationModule(tf.Module):
                     tf.concat([shape[:3], [self.num_classes]], 0), tf.float32)
             return outputs
 
-        shrink_to = self.dense_budgets(scales)[0] if self.options.server_batching else 0
+        shrink_to = self.checks.dense_budgets(scales)[0] if self.options.server_batching else 0
         return tf.cond(tf.equal(tf.shape(images)[0], 0), empty, lambda: self._predict(
-            self._rgb(images), scales, flip, shrink_to_pixels=shrink_to))
+            self.checks.rgb(images), scales, flip, shrink_to_pixels=shrink_to))
 
     # Encoded signatures ---------------------------------------------------
-
-    def _header_problems(self, images, noun: str):
-        """Per-image headers and, where an image cannot be answered, why (string [B]).
-
-        Args:
-          images: string [B], encoded images.
-          noun: What the request calls one item ("image", "example").
-        """
-        headers = tf.map_fn(
-            lambda data: (lambda h: (h.height, h.width, h.frames, h.problem))(read_header(data)),
-            images, parallel_iterations=1, fn_output_signature=(
-                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
-                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32)))
-        height, width, frames, problem = headers
-        index = _string(tf.range(tf.size(images)))
-        prefix = tf.strings.join([noun, " ", index, ": "])
-        reason = tf.gather(tf.constant(PROBLEMS), problem)
-        if noun == "example":
-            reason = tf.where(tf.equal(problem, IS_EMPTY),
-                              f"has no {schema.IMAGE_ENCODED}", reason)
-        messages = tf.where(tf.equal(problem, OK), "", tf.strings.join([prefix, reason]))
-        max_pixels = self.options.max_pixels
-        if max_pixels:
-            pixels = height * width * frames
-            frames_text = tf.where(frames > 1, tf.strings.join([
-                " x ", _string(frames), " frames"]), "")
-            over = tf.strings.join([
-                prefix, _string(height), "x", _string(width), frames_text, " = ",
-                _string(pixels), f" pixels, over the budget of {max_pixels} pixels "
-                "per image"])
-            messages = tf.where(tf.equal(problem, OK) & (pixels > max_pixels), over, messages)
-        return height, width, messages
 
     def _segment_one(self, data):
         """Decodes one checked image and segments it: (mask int32 [H, W], PNG bytes)."""
@@ -385,27 +182,9 @@ class SegmentationModule(tf.Module):
         return mask, tf.io.encode_png(tf.cast(mask, tf.uint8)[..., None])
 
     def _encoded(self, images, noun):
-        height, width, messages = self._header_problems(images, noun)
+        height, width, messages = self.checks.header_problems(images, noun)
         answerable = tf.equal(messages, "")
-        checks = []
-        if not self.options.server_batching:
-            bad = tf.where(~answerable)[:, 0]
-            first = tf.gather(messages, bad[:1])
-            checks.append(_refuse_unless(tf.size(bad) == 0, tf.strings.reduce_join(first)))
-        if self.options.request_pixels:
-            # The answer is padded to the largest height and width in the request.
-            batch = tf.cast(tf.size(images), tf.int64)
-            h_max = tf.maximum(tf.reduce_max(height), 0)
-            w_max = tf.maximum(tf.reduce_max(width), 0)
-            padded = batch * h_max * w_max
-            checks.append(_refuse_unless(
-                padded <= self.options.request_pixels,
-                _join("the ", _string(batch), " images of the request are answered as one ",
-                      _string(batch), "x", _string(h_max), "x", _string(w_max), " array = ",
-                      _string(padded), " pixels, over the budget of "
-                      f"{self.options.request_pixels} pixels per request (send the images "
-                      "in smaller requests)")))
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(self.checks.encoded_checks(images, height, width, messages)):
             images = tf.identity(images)
 
         def one(item):

@@ -19,7 +19,7 @@ from deeplabv3_tf.data.images import InvalidExampleError, read_bytes, read_image
 from deeplabv3_tf.serving.image_header import OK, PROBLEMS, read_header
 from deeplabv3_tf.evaluation.inference import Windows, predict_labels
 from deeplabv3_tf.runs import load_trained_model
-from deeplabv3_tf.serving.module import DEFAULT_MAX_PIXELS, DEFAULT_WINDOWED_MAX_PIXELS
+from deeplabv3_tf.serving.options import DEFAULT_MAX_PIXELS, DEFAULT_WINDOWED_MAX_PIXELS
 from deeplabv3_tf.data.visualize import colorize, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")

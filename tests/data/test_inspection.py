@@ -12,7 +12,8 @@ from PIL import Image
 
 from deeplabv3_tf.data.dataset import PASCAL_VOC, voc_palette
 from deeplabv3_tf.data import schema
-from deeplabv3_tf.data.inspection import Thresholds, findings, inspect_records, scan_split
+from deeplabv3_tf.data.inspection import Thresholds, findings, scan_split
+from deeplabv3_tf.pages.records_page import inspect_records
 from tests.helpers import ROOT
 
 

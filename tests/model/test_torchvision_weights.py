@@ -315,7 +315,7 @@ def test_deeplabv3_mobilenet_v3_export_masks_equal_torchvision(deeplab_mobilenet
     """The exported SavedModel (BatchNorm folded, depthwise kernels included) answers
     with torchvision's argmax."""
     from deeplabv3_tf.serving.export import export_saved_model
-    from deeplabv3_tf.serving.module import ExportOptions
+    from deeplabv3_tf.serving.options import ExportOptions
 
     reference, _, run, _ = deeplab_mobilenet
     # One scale, no flip: the multi-scale signature is the ResNet tests' (and 15 s here).

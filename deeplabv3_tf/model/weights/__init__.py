@@ -1,1 +1,2 @@
-""""""
+"""Weights from elsewhere: keras.applications' ImageNet `.h5` files, torchvision's
+`.pth` files."""

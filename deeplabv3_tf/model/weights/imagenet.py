@@ -6,7 +6,7 @@ group, for whole-model files) lists layers in the `layer_names` attribute, and
 each layer group lists its arrays in a `weight_names` attribute, e.g.
 `conv1_conv/kernel:0`, `conv1_conv/bias:0`. This module reads that layout with
 h5py alone, layer by layer, because the backbone uses the same layer names
-(see `backbone.py`).
+(see `backbones/resnet.py`).
 
 Those models give every conv a bias and follow it by BatchNorm. The backbone's
 convs have none: BN(x + b) with moving mean m equals BN(x) with moving mean
