@@ -12,7 +12,7 @@ from deeplabv3_tf.apps.cli import start_tensorflow
 
 start_tensorflow()  # first: TensorFlow's C++ start-up notices stay hidden
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from deeplabv3_tf.apps.demo import run_model_demo  # noqa: E402
 from deeplabv3_tf.apps.main_job import MainJobConfig, run_main_job  # noqa: E402
@@ -32,6 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)
     del argv
     if FLAGS.model_only:
         run_model_demo(f"{FLAGS.workdir}/model", experiment=FLAGS.experiment)

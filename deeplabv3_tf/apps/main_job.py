@@ -166,12 +166,12 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
     if config.sbd_dir:
         _command(log, "build_tfrecords.py", "voc_aug", f"--voc_dir={voc_root}",
                  f"--sbd_dir={config.sbd_dir}", f"--output_dir={paths['records']}")
-        manifests = build_voc_aug(voc_root, config.sbd_dir, paths["records"])
+        manifests = build_voc_aug(voc_root, config.sbd_dir, paths["records"], log=out)
         train_split = "train_aug"
     else:
         _command(log, "build_tfrecords.py", "voc", f"--voc_dir={voc_root}", "--splits=train,val",
                  f"--output_dir={paths['records']}")
-        manifests = build_voc(voc_root, paths["records"], splits=("train", "val"))
+        manifests = build_voc(voc_root, paths["records"], splits=("train", "val"), log=out)
         train_split = "train"
     for split, manifest in manifests.items():
         out(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
