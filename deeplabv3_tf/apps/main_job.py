@@ -134,97 +134,131 @@ def _served_predictions(export_path: str, voc_root: str, split_ids: list[str],
     return {"images": len(split_ids), "agreement": agree / total, "miou": result["miou"]}
 
 
-def run_main_job(config: MainJobConfig = MainJobConfig(),
-                 log: Callable[[str], None] = print) -> dict:
-    """Runs every stage and returns (and writes to workdir/summary.json) the summary."""
-    workdir = os.path.abspath(config.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    paths = {name: os.path.join(workdir, name) for name in
-             ("data", "records", "inspection", "run", "eval", "export", "predictions")}
-    times, summary = {}, {"workdir": workdir}
-    out = _indented(log)
-    assignments = train_assignments(config.train_flags)  # a bad flag fails before any work
+class _Job:
+    """The main job's state between stages: its paths, where it prints, the times."""
 
-    def stage(name):
-        log(f"\n== {name} ==")
-        return time.perf_counter()
+    def __init__(self, config: MainJobConfig, log: Callable[[str], None]):
+        self.config, self.log, self.out = config, log, _indented(log)
+        self.workdir = os.path.abspath(config.workdir)
+        self.paths = {name: os.path.join(self.workdir, name) for name in
+                      ("data", "records", "inspection", "run", "eval", "export", "predictions")}
+        self.times: dict[str, float] = {}
 
-    start = stage("1. dataset")
+    def stage(self, title: str, key: str, run: Callable[[], object]):
+        """Runs one stage under its title, timing it as `key`."""
+        self.log(f"\n== {title} ==")
+        start = time.perf_counter()
+        result = run()
+        self.times[key] = time.perf_counter() - start
+        return result
+
+    def command(self, tool: str, *args: str) -> None:
+        _command(self.log, tool, *args)
+
+
+def _dataset(job: _Job) -> str:
+    """A real VOCdevkit, or a generated one; its VOC2012 root."""
+    config = job.config
     if config.voc_dir:
         voc_root = find_voc_root(config.voc_dir)
-        log(f"  using PASCAL VOC 2012 at {voc_root}")
-    else:
-        info = write_voc_dataset(paths["data"], num_train=config.num_train,
-                                 num_val=config.num_val, num_sbd_only=0, with_sbd=False,
-                                 size_range=config.size_range, max_objects=2, void_width=2)
-        voc_root = info["voc_dir"]
-        log(f"  generated {config.num_train} train + {config.num_val} val images in the VOC "
-            f"format (JPEGs, palette PNGs with void bands, split lists) under {paths['data']}")
-    times["dataset"] = time.perf_counter() - start
+        job.out(f"using PASCAL VOC 2012 at {voc_root}")
+        return voc_root
+    info = write_voc_dataset(job.paths["data"], num_train=config.num_train,
+                             num_val=config.num_val, num_sbd_only=0, with_sbd=False,
+                             size_range=config.size_range, max_objects=2, void_width=2)
+    job.out(f"generated {config.num_train} train + {config.num_val} val images in the VOC "
+            f"format (JPEGs, palette PNGs with void bands, split lists) under "
+            f"{job.paths['data']}")
+    return info["voc_dir"]
 
-    start = stage("2. records (and a look at them)")
+
+def _records(job: _Job, voc_root: str) -> list[str]:
+    """Records of train (or train_aug) and val, and a look at them; their globs."""
+    config, records = job.config, job.paths["records"]
     if config.sbd_dir:
-        _command(log, "build_tfrecords.py", "voc_aug", f"--voc_dir={voc_root}",
-                 f"--sbd_dir={config.sbd_dir}", f"--output_dir={paths['records']}")
-        manifests = build_voc_aug(voc_root, config.sbd_dir, paths["records"], log=out)
+        job.command("build_tfrecords.py", "voc_aug", f"--voc_dir={voc_root}",
+                    f"--sbd_dir={config.sbd_dir}", f"--output_dir={records}")
+        manifests = build_voc_aug(voc_root, config.sbd_dir, records, log=job.out)
         train_split = "train_aug"
     else:
-        _command(log, "build_tfrecords.py", "voc", f"--voc_dir={voc_root}", "--splits=train,val",
-                 f"--output_dir={paths['records']}")
-        manifests = build_voc(voc_root, paths["records"], splits=("train", "val"), log=out)
+        job.command("build_tfrecords.py", "voc", f"--voc_dir={voc_root}", "--splits=train,val",
+                    f"--output_dir={records}")
+        manifests = build_voc(voc_root, records, splits=("train", "val"), log=job.out)
         train_split = "train"
     for split, manifest in manifests.items():
-        out(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
-            f"{manifest['num_skipped']} skipped -> {paths['records']}")
+        job.out(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
+                f"{manifest['num_skipped']} skipped -> {records}")
     crop = get_recipe(config.experiment).data.crop_size
-    patterns = [f"{paths['records']}/{train_split}-*", f"{paths['records']}/val-*"]
-    _command(log, "inspect_records.py", *patterns, f"--output_dir={paths['inspection']}",
-             "--crop_size={}x{}".format(*crop), "--noprogress")
-    inspect_records(patterns, paths["inspection"], crop_size=tuple(crop), progress=False,
-                    log=out)
-    times["records"] = time.perf_counter() - start
+    patterns = [f"{records}/{train_split}-*", f"{records}/val-*"]
+    job.command("inspect_records.py", *patterns, f"--output_dir={job.paths['inspection']}",
+                "--crop_size={}x{}".format(*crop), "--noprogress")
+    inspect_records(patterns, job.paths["inspection"], crop_size=tuple(crop), progress=False,
+                    log=job.out)
+    return patterns
 
-    start = stage("3. training")
-    train_args = [f"--experiment={config.experiment}", f"--model_dir={paths['run']}",
-                  f"--train_records={patterns[0]}", f"--val_records={patterns[1]}",
-                  "--noprogress", "--set=train.eval_every=0"]
+
+def _training(job: _Job, patterns: list[str], assignments: list[str]) -> None:
+    config, run = job.config, job.paths["run"]
+    flags = [f"--experiment={config.experiment}", f"--model_dir={run}",
+             f"--train_records={patterns[0]}", f"--val_records={patterns[1]}",
+             "--noprogress", "--set=train.eval_every=0"]
     given = [f"data.train_records={patterns[0]!r}", f"data.val_records={patterns[1]!r}",
              "train.eval_every=0"]
     if config.steps:
-        train_args.append(f"--steps={config.steps}")
+        flags.append(f"--steps={config.steps}")
         given.append(f"train.steps={config.steps}")
     if config.init:
-        train_args.append(f"--init={config.init}")
+        flags.append(f"--init={config.init}")
         given.append(f"train.init={config.init!r}")
-    _command(log, "train.py", *train_args, *config.train_flags)
-    experiment = resolve_experiment(get_recipe(config.experiment), given + assignments, log=out)
-    out(json.dumps(train(experiment, paths["run"], progress=False, log=out).summary()))
-    times["training"] = time.perf_counter() - start
+    job.command("train.py", *flags, *config.train_flags)
+    experiment = resolve_experiment(get_recipe(config.experiment), given + assignments,
+                                    log=job.out)
+    job.out(json.dumps(train(experiment, run, progress=False, log=job.out).summary()))
 
-    start = stage("4. evaluation")
-    _command(log, "evaluate.py", f"--model_dir={paths['run']}", f"--output_dir={paths['eval']}",
-             "--noprogress")
-    evaluate_run(paths["run"], paths["eval"], progress=False, log=out)
-    with open(os.path.join(paths["eval"], "results.json")) as f:
-        evaluation = json.load(f)
-    times["evaluation"] = time.perf_counter() - start
 
-    start = stage("5. export and served predictions")
-    scales = tuple(config.eval_scales)
-    _command(log, "export.py", f"--model_dir={paths['run']}", f"--export_dir={paths['export']}",
-             "--scales=" + ",".join(str(s) for s in scales))
-    export_path = export_saved_model(paths["run"], paths["export"], ExportOptions(scales=scales),
-                                     log=out)
-    out(export_path)
+def _evaluation(job: _Job) -> dict:
+    """The run's evaluation protocol; results.json's content."""
+    job.command("evaluate.py", f"--model_dir={job.paths['run']}",
+                f"--output_dir={job.paths['eval']}", "--noprogress")
+    evaluate_run(job.paths["run"], job.paths["eval"], progress=False, log=job.out)
+    with open(os.path.join(job.paths["eval"], "results.json")) as f:
+        return json.load(f)
+
+
+def _serving(job: _Job, voc_root: str) -> tuple[str, dict]:
+    """The export, asked about every val image; overlays of a few. (export path, served)."""
+    scales = tuple(job.config.eval_scales)
+    job.command("export.py", f"--model_dir={job.paths['run']}",
+                f"--export_dir={job.paths['export']}",
+                "--scales=" + ",".join(str(s) for s in scales))
+    export_path = export_saved_model(job.paths["run"], job.paths["export"],
+                                     ExportOptions(scales=scales), log=job.out)
+    job.out(export_path)
     val_ids = read_split_list(os.path.join(voc_root, "ImageSets", "Segmentation", "val.txt"))
-    served = _served_predictions(export_path, voc_root, val_ids, log)
+    served = _served_predictions(export_path, voc_root, val_ids, job.log)
     images = [os.path.join(voc_root, "JPEGImages", f"{i}.jpg") for i in val_ids[:8]]
-    _command(log, "predict.py", f"--source={export_path}",
-             f"--output_dir={paths['predictions']}", *images)
-    predict_files(export_path, images, paths["predictions"], log=out)
-    times["export_and_serving"] = time.perf_counter() - start
+    job.command("predict.py", f"--source={export_path}",
+                f"--output_dir={job.paths['predictions']}", *images)
+    predict_files(export_path, images, job.paths["predictions"], log=job.out)
+    return export_path, served
 
-    summary.update({
+
+def run_main_job(config: MainJobConfig = MainJobConfig(),
+                 log: Callable[[str], None] = print) -> dict:
+    """Runs every stage and returns (and writes to workdir/summary.json) the summary."""
+    job = _Job(config, log)
+    os.makedirs(job.workdir, exist_ok=True)
+    assignments = train_assignments(config.train_flags)  # a bad flag fails before any work
+    voc_root = job.stage("1. dataset", "dataset", lambda: _dataset(job))
+    patterns = job.stage("2. records (and a look at them)", "records",
+                         lambda: _records(job, voc_root))
+    job.stage("3. training", "training", lambda: _training(job, patterns, assignments))
+    evaluation = job.stage("4. evaluation", "evaluation", lambda: _evaluation(job))
+    export_path, served = job.stage("5. export and served predictions", "export_and_serving",
+                                    lambda: _serving(job, voc_root))
+    paths = job.paths
+    summary = {
+        "workdir": job.workdir,
         "experiment": config.experiment,
         "evaluation": {name: {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
                               "output_stride": r["output_stride"], "scales": r["scales"],
@@ -239,16 +273,20 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
                       "evaluation_page": os.path.join(paths["eval"], "report.html"),
                       "chart": next(iter(evaluation.values()))["files"]["chart"],
                       "saved_model": export_path, "overlays": paths["predictions"]},
-        "seconds": {k: round(v, 1) for k, v in times.items()},
-    })
-    write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+        "seconds": {k: round(v, 1) for k, v in job.times.items()},
+    }
+    write_json_atomically(os.path.join(job.workdir, "summary.json"), summary)
+    _print_summary(summary, log)
+    return summary
+
+
+def _print_summary(summary: dict, log: Callable[[str], None]) -> None:
     log("\n== summary ==")
     for name, result in summary["evaluation"].items():
         paper = f"  (paper: {result['paper_miou']:.2f})" if result["paper_miou"] else ""
         log(f"  val mIoU {name:<14} {100 * result['miou']:6.2f}{paper}")
-    log(f"  served masks mIoU       {100 * served['miou']:6.2f}")
+    log(f"  served masks mIoU       {100 * summary['served']['miou']:6.2f}")
     for name, path in summary["artefacts"].items():
         log(f"  {name:<15} {path}")
     log("  time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
-        + f", total {sum(times.values()):.0f} s")
-    return summary
+        + f", total {sum(summary['seconds'].values()):.0f} s")

@@ -280,10 +280,7 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
     tasks, skipped = _dedupe(tasks, spec, split, skip_invalid)
     num_shards = num_shards or default_num_shards(len(tasks))
     num_workers = num_workers or os.cpu_count() or 1
-    fingerprint = hashlib.sha256(json.dumps(
-        [split, num_shards, spec.num_classes, spec.source, skip_invalid,
-         [(t.example_id, t.sources) for t in tasks]]).encode()).hexdigest()
-
+    fingerprint = _fingerprint(split, num_shards, spec, skip_invalid, tasks)
     progress_path = os.path.join(output_dir, PROGRESS_NAME.format(split=split))
     manifest_path = os.path.join(output_dir, MANIFEST_NAME.format(split=split))
     done = _resume_state(output_dir, split, progress_path, fingerprint)
@@ -295,29 +292,8 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
     if len(pending) < num_shards:
         log(f"[{split}] resuming: {num_shards - len(pending)} of {num_shards} "
             "shards already complete")
-    work = [tasks[j] for i in pending for j in range(bounds[i], bounds[i + 1])]
-
-    bar = ProgressBar(len(tasks), desc=f"[{split}]", unit="img",
-                      initial=len(tasks) - len(work), enabled=progress)
-    if num_workers > 1 and len(work) > 1:
-        results = _Encoder(encode, work, num_workers)
-    else:
-        results = (_run(encode, task) for task in work)
-    try:
-        for shard in pending:
-            done["shards"][str(shard)] = _write_shard(
-                output_dir, split, shard, num_shards,
-                tasks[bounds[shard]:bounds[shard + 1]], results, spec,
-                skip_invalid, bar)
-            _write_json(progress_path, done)
-    except BaseException as e:
-        if isinstance(results, _Encoder):
-            results.close()
-            if not isinstance(e, Exception):  # Interrupted: stop the workers too.
-                _discard_executor(num_workers)
-        raise
-    finally:
-        bar.close()
+    _encode_pending(output_dir, split, tasks, bounds, pending, done, progress_path, encode,
+                    spec, num_workers, skip_invalid, progress)
 
     manifest = _manifest(split, done, num_shards, spec, skipped)
     if manifest["count"] == 0:
@@ -330,6 +306,41 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
         f"{output_dir} ({manifest['num_skipped']} skipped, "
         f"{manifest['num_filtered']} filtered)")
     return manifest
+
+
+def _fingerprint(split: str, num_shards: int, spec: SplitSpec, skip_invalid: bool,
+                 tasks: Sequence[Task]) -> str:
+    """What a build's shards depend on: a resumed build must have the same."""
+    return hashlib.sha256(json.dumps(
+        [split, num_shards, spec.num_classes, spec.source, skip_invalid,
+         [(t.example_id, t.sources) for t in tasks]]).encode()).hexdigest()
+
+
+def _encode_pending(output_dir, split, tasks, bounds, pending, done, progress_path, encode,
+                    spec, num_workers, skip_invalid, progress) -> None:
+    """Encodes and writes the shards not yet complete, recording each as it completes."""
+    work = [tasks[j] for i in pending for j in range(bounds[i], bounds[i + 1])]
+    bar = ProgressBar(len(tasks), desc=f"[{split}]", unit="img",
+                      initial=len(tasks) - len(work), enabled=progress)
+    if num_workers > 1 and len(work) > 1:
+        results = _Encoder(encode, work, num_workers)
+    else:
+        results = (_run(encode, task) for task in work)
+    try:
+        for shard in pending:
+            done["shards"][str(shard)] = _write_shard(
+                output_dir, split, shard, len(bounds) - 1,
+                tasks[bounds[shard]:bounds[shard + 1]], results, spec,
+                skip_invalid, bar)
+            _write_json(progress_path, done)
+    except BaseException as e:
+        if isinstance(results, _Encoder):
+            results.close()
+            if not isinstance(e, Exception):  # Interrupted: stop the workers too.
+                _discard_executor(num_workers)
+        raise
+    finally:
+        bar.close()
 
 
 def _resume_state(output_dir: str, split: str, progress_path: str,
