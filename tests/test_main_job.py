@@ -3,12 +3,15 @@
 import json
 import os
 
+import pytest
 from PIL import Image
 
-from deeplabv3_tf.apps.main_job import MainJobConfig, run_main_job
+from deeplabv3_tf.apps.main_job import MainJobConfig, run_main_job, train_assignments
 
 
-def test_main_job_end_to_end(tmp_path):
+def test_main_job_end_to_end(tmp_path, monkeypatch):
+    # Away from the repository: the job calls the library, not tools/ by path.
+    monkeypatch.chdir(tmp_path)
     lines = []
     summary = run_main_job(MainJobConfig(workdir=str(tmp_path / "demo"), num_train=64,
                                          num_val=16, steps=300), log=lines.append)
@@ -41,3 +44,12 @@ def test_main_job_end_to_end(tmp_path):
     with open(tmp_path / "demo" / "summary.json") as f:
         assert json.load(f)["evaluation"]["os8"]["output_stride"] == 8
     assert "== summary ==" in text and "saved_model" in text
+
+
+def test_train_flags_become_assignments():
+    assert train_assignments(("--set=train.batch_size=4", "--steps", "10",
+                              "--set", "data.flip=False", "--init=runs/x",
+                              "--deterministic_ops")) == [
+        "train.batch_size=4", "train.steps=10", "data.flip=False", "train.init=runs/x"]
+    with pytest.raises(ValueError, match="'--seed=3': the main job passes on"):
+        train_assignments(("--seed=3",))

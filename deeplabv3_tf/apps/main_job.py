@@ -73,6 +73,10 @@ def _command(log: Callable[[str], None], tool: str, *args: str) -> None:
     log("$ " + " ".join(shlex.quote(c) for c in ["python", f"tools/{tool}", *args]))
 
 
+# tools/train.py flags that set up the process rather than the experiment.
+PROCESS_FLAGS = ("--deterministic_ops", "--nodeterministic_ops", "--progress", "--noprogress")
+
+
 def train_assignments(train_flags: tuple[str, ...]) -> list[str]:
     """`--set` assignments of extra tools/train.py flags: `--set=a.b=v`, `--set a.b=v`,
     or a one-field flag (`--batch_size=4`, see `FLAG_FIELDS`).
@@ -83,6 +87,8 @@ def train_assignments(train_flags: tuple[str, ...]) -> list[str]:
     assignments, flags = [], list(train_flags)
     while flags:
         flag = flags.pop(0)
+        if flag in PROCESS_FLAGS:
+            continue  # not an experiment field: `run_main_job` applies it
         name, sep, value = flag.lstrip("-").partition("=")
         if not sep and flags and not flags[0].startswith("--"):
             value, sep = flags.pop(0), "="
@@ -92,7 +98,8 @@ def train_assignments(train_flags: tuple[str, ...]) -> list[str]:
             assignments.append(f"{FLAG_FIELDS[name]}={value}")
         else:
             raise ValueError(f"train flag {flag!r}: the main job passes on --set=section.field="
-                             f"value and --{{{','.join(FLAG_FIELDS)}}}=value.")
+                             f"value, --{{{','.join(FLAG_FIELDS)}}}=value and "
+                             f"{', '.join(PROCESS_FLAGS)}.")
     return assignments
 
 
@@ -249,6 +256,8 @@ def run_main_job(config: MainJobConfig = MainJobConfig(),
     job = _Job(config, log)
     os.makedirs(job.workdir, exist_ok=True)
     assignments = train_assignments(config.train_flags)  # a bad flag fails before any work
+    if "--deterministic_ops" in config.train_flags:
+        tf.config.experimental.enable_op_determinism()
     voc_root = job.stage("1. dataset", "dataset", lambda: _dataset(job))
     patterns = job.stage("2. records (and a look at them)", "records",
                          lambda: _records(job, voc_root))
