@@ -23,7 +23,7 @@ LAYERS = (
     "data",        # dataset descriptors (dataset.py, a leaf), records, pipelines, builders
     "model",       # config, blocks, backbones (registry), heads, folding, weights, cost
     "ops",         # losses and metrics on labels and logits
-    "pages",       # the evaluation page, the browser that checks pages
+    "pages",       # the records page, the evaluation page, the browser that checks pages
     "tasks",       # one Task per kind of task (segmentation, classification)
     "configs",     # the experiment schema, the recipes
     "runs",        # the run directory (runs.py)
