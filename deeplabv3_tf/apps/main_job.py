@@ -104,7 +104,11 @@ def train_assignments(train_flags: tuple[str, ...]) -> list[str]:
 
 
 def _indented(log: Callable[[str], None]) -> Callable[[str], None]:
-    return lambda text: [log("  " + line) for line in str(text).splitlines()]
+    """`log` with every line of a text indented under the stage's command."""
+    def indented(text) -> None:
+        for line in str(text).splitlines():
+            log("  " + line)
+    return indented
 
 
 def _served_predictions(export_path: str, voc_root: str, split_ids: list[str],

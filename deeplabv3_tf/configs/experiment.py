@@ -19,7 +19,7 @@ from deeplabv3_tf.core.precision import TRAINING_PRECISIONS
 from deeplabv3_tf.data.dataset import (
     IGNORE_LABEL, VOC_CLASSES, DatasetInfo, check_colors, default_colors)
 from deeplabv3_tf.data.schema import records_manifest
-from deeplabv3_tf.model.config import LEGACY_RUNTIME_FIELDS, ModelConfig
+from deeplabv3_tf.model.config import ModelConfig
 from deeplabv3_tf.tasks import get_task
 from deeplabv3_tf.tasks.segmentation import NAME as SEGMENTATION
 
@@ -224,15 +224,12 @@ class ExperimentConfig:
         """Builds an experiment from `to_dict` output (an experiment.json).
 
         experiment.json files written before BatchNorm's runtime choices left
-        the model config load too: `model.freeze_bn` becomes `train.freeze_bn`,
-        `model.sync_bn` and `model.fold_bn` (runtime only) are dropped.
+        the model config load too: `model.freeze_bn` becomes `train.freeze_bn`
+        (`ModelConfig.from_dict` drops it and the other runtime fields).
         """
         values = dict(values)
-        if "model" in values and any(k in values["model"] for k in LEGACY_RUNTIME_FIELDS):
-            model = dict(values["model"])
-            if model.pop("freeze_bn", False):
-                values["train"] = {**values.get("train", {}), "freeze_bn": True}
-            values["model"] = {k: v for k, v in model.items() if k not in LEGACY_RUNTIME_FIELDS}
+        if values.get("model", {}).get("freeze_bn"):
+            values["train"] = {**values.get("train", {}), "freeze_bn": True}
         sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
                     "eval": EvalConfig}
         for key, section in sections.items():

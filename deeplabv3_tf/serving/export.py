@@ -21,13 +21,13 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from deeplabv3_tf.core.files import staged_directory
 from deeplabv3_tf.data.palette_file import with_palette_file
 from deeplabv3_tf.data import schema
 from deeplabv3_tf.model.fold import fold_batch_norm
@@ -121,9 +121,10 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; choose another --version.")
     os.makedirs(export_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
-    try:
-        asset_dir = tempfile.mkdtemp(dir=staging)
+    # The asset files are copied into the SavedModel by the save; both temporaries have
+    # names TF Serving does not take for versions.
+    with tempfile.TemporaryDirectory(prefix=f".{version}-assets-", dir=export_dir) as asset_dir, \
+            staged_directory(final) as saved:
         module = SegmentationModule(model, experiment, options, dataset)
         assets = {"class_names.txt": [str(name) for name in module.class_names],
                   "palette.txt": [f"{r} {g} {b}" for r, g, b in module.palette],
@@ -134,7 +135,6 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
             with open(path, "w") as f:
                 f.write("".join(f"{line}\n" for line in lines))
             module.assets.append(tf.saved_model.Asset(path))
-        saved = os.path.join(staging, "model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         warm = _warmup_images(module)
         _warmup_requests(os.path.join(saved, WARMUP_FILE), warm)
@@ -144,9 +144,6 @@ def export_saved_model(run_dir: str, export_dir: str, options: ExportOptions = E
                        "options": dataclasses.asdict(options),
                        "max_request_pixels": options.request_pixels,
                        "output_stride": module.output_stride}, f, indent=2)
-        os.rename(saved, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     windows = "" if options.window is None else ", by {}x{} windows".format(*options.window.size)
     log(f"exported {experiment.name} ({prefix}) at output stride {module.output_stride}"
         f"{windows}, {dataset.name or 'unnamed dataset'} classes and colours, to {final}")

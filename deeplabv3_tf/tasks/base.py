@@ -56,10 +56,6 @@ class Task:
         """float32 scalar: the replica's loss summed over what `loss_normalizer` counts."""
         raise NotImplementedError
 
-    def main_outputs(self, outputs):
-        """The outputs a step's predictions are read from (the main head's)."""
-        return outputs
-
     def step_predictions(self, outputs) -> tf.Tensor:
         """What a training step's confusion matrix is counted from (computed in
         the step's forward pass, XLA-compiled with it)."""

@@ -47,11 +47,10 @@ class SegmentationTask(Task):
                 + experiment.train.aux_loss_weight * segmentation_loss_sum(
                     batch["label"], outputs[AUX_LOGITS], ignore_label, weights))
 
-    def main_outputs(self, outputs):
-        return outputs[LOGITS] if isinstance(outputs, dict) else outputs
-
     def step_predictions(self, outputs) -> tf.Tensor:
-        return tf.argmax(self.main_outputs(outputs), axis=-1, output_type=tf.int32)
+        # The main head's logits (a model with the auxiliary head returns both).
+        logits = outputs[LOGITS] if isinstance(outputs, dict) else outputs
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def step_confusion(self, batch: dict, predictions, experiment: Experiment) -> tf.Tensor:
         return confusion_matrix(batch["label"], predictions, experiment.model.num_classes,
