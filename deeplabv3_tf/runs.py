@@ -34,7 +34,7 @@ from deeplabv3_tf.core.files import staged_directory, write_json_atomically
 from deeplabv3_tf.model.blocks import BatchNorm
 from deeplabv3_tf.model.config import ModelConfig
 from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
-from deeplabv3_tf.model.transfer import check_compatible, transfer_weights
+from deeplabv3_tf.model.transfer import check_compatible, not_carried, transfer_weights
 from deeplabv3_tf.tasks import get_task
 from deeplabv3_tf.tasks.segmentation import NAME as SEGMENTATION
 
@@ -141,8 +141,11 @@ def initialize_from_run(target: keras.Model, path: str,
     """Initialises `target` from the latest checkpoint of another run, by layer name.
 
     A segmentation run gives every layer that fits (any number of classes: the
-    `logits` layers are skipped, with a message, when their shapes differ); a
-    classification run gives its backbone (`Task.transferable`).
+    `logits` layers are skipped, with a message, when their shapes differ;
+    with another decoder they are left out: `transfer.not_carried`), so a
+    DeepLabv3+ run takes a DeepLabv3 run's backbone and ASPP and starts its
+    decoder and logits anew; a classification run gives its backbone
+    (`Task.transferable`).
 
     Args:
       target: The model to fill.
@@ -162,8 +165,9 @@ def initialize_from_run(target: keras.Model, path: str,
     source = task.build_model(experiment.model)
     restore_model(source, prefix)
     part = task.transferable(source)
+    leave_out = () if target_config is None else not_carried(experiment.model, target_config)
     if part is source:
-        copied = transfer_weights(source, target, log=log)
+        copied = transfer_weights(source, target, log=log, leave_out=leave_out)
         log(f"init: {copied} layers from {experiment.name} ({prefix})")
     else:
         copied = transfer_weights(part, target.get_layer(part.name), log=log)

@@ -1,5 +1,5 @@
 """Blocks every backbone and head is made of: how BatchNorm runs, symmetric
-padding, conv + BN (+ ReLU).
+padding, conv + BN (+ ReLU), depthwise conv + BN, separable conv.
 
 How the BatchNorms of a graph run is not part of what a checkpoint is: the
 same weights train with synchronised statistics on 8 replicas, fine-tune with
@@ -107,3 +107,25 @@ def conv_bn(x, filters: int, kernel_size: int, norm: Norm, name: str,
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
+
+
+def depthwise_conv_bn(x, kernel_size: int, norm: Norm, name: str, strides: int = 1,
+                      dilation_rate: int = 1):
+    """Depthwise conv (no bias) + BN, padded as `conv_bn`: `{name}_pad` (strided
+    only), `{name}_conv`, `{name}_bn`; folded, the conv has a bias and there is no BN."""
+    x, padding = symmetric_padding(x, kernel_size, strides, dilation_rate, name)
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
+        use_bias=norm.folded, depthwise_initializer="he_normal", name=f"{name}_conv")(x)
+    return norm(x, f"{name}_bn")
+
+
+def separable_conv_bn(x, filters: int, kernel_size: int, norm: Norm, name: str,
+                      dilation_rate: int = 1):
+    """A depthwise-separable conv as research/deeplab's `split_separable_conv2d`:
+    depthwise kxk + BN + ReLU (`{name}_depthwise_*`), then pointwise 1x1 + BN +
+    ReLU (`{name}_pointwise_*`)."""
+    x = depthwise_conv_bn(x, kernel_size, norm, f"{name}_depthwise",
+                          dilation_rate=dilation_rate)
+    x = keras.layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    return conv_bn(x, filters, 1, norm, f"{name}_pointwise")

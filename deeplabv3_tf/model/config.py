@@ -15,6 +15,7 @@ from typing import Any
 
 from deeplabv3_tf.core.fields import check_known_fields
 from deeplabv3_tf.model.backbones import get_backbone, resnet
+from deeplabv3_tf.model.decoders import DECODERS, NONE
 from deeplabv3_tf.model.layers import NORMALIZATIONS
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -70,6 +71,15 @@ class ModelConfig:
       head_filters: 0 for logits straight after the dropout (the paper,
         research/deeplab); > 0 adds a 3x3 conv + BN + ReLU of this width
         before the logits (torchvision's DeepLabHead: 256).
+      decoder: A key of `decoders.DECODERS`: "none" (DeepLabv3: logits at the
+        output stride) or "deeplabv3plus" (DeepLabv3+'s decoder on the
+        backbone's stride-4 features; see model/decoders.py).
+      decoder_low_level_filters: Width of the decoder's 1x1 projection of the
+        stride-4 features (48, DeepLabv3+ Table 1).
+      decoder_filters: Width of the decoder's two 3x3 convs (256, Table 2).
+      decoder_separable: Make those convs depthwise-separable (depthwise 3x3
+        + BN + ReLU, pointwise 1x1 + BN + ReLU; research/deeplab's
+        decoder_use_separable_conv).
       aux_head: Add torchvision's auxiliary FCN head (3x3 conv to a quarter
         of its input's channels + BN + ReLU, dropout 0.1, 1x1 conv to the
         classes) on the backbone's aux endpoint (`Backbone.aux_endpoint`:
@@ -98,6 +108,10 @@ class ModelConfig:
     image_pooling: bool = True
     dropout_rate: float = 0.1
     head_filters: int = 0
+    decoder: str = NONE
+    decoder_low_level_filters: int = 48
+    decoder_filters: int = 256
+    decoder_separable: bool = False
     aux_head: bool = False
     bn_momentum: float = 0.9997
     bn_epsilon: float = 1e-5
@@ -129,6 +143,18 @@ class ModelConfig:
                 f"aspp_rates={self.aspp_rates} must hold three rates.")
         if self.head_filters < 0:
             raise ValueError(f"head_filters={self.head_filters} must be >= 0.")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder={self.decoder!r} is not one of {tuple(DECODERS)}.")
+        if self.decoder != NONE:
+            if self.head_filters:
+                raise ValueError(
+                    f"head_filters={self.head_filters} adds DeepLabv3's 3x3 conv before the "
+                    f"logits; with decoder={self.decoder!r} the decoder's convs take its "
+                    "place: set head_filters=0.")
+            if self.decoder_low_level_filters < 1 or self.decoder_filters < 1:
+                raise ValueError(
+                    f"decoder_low_level_filters={self.decoder_low_level_filters} and "
+                    f"decoder_filters={self.decoder_filters} must be >= 1.")
         if self.aux_head and self.num_cascade_blocks:
             raise ValueError("aux_head sits on c4 of the ASPP model; it cannot be combined "
                              f"with num_cascade_blocks={self.num_cascade_blocks}.")

@@ -1,5 +1,5 @@
 """DeepLabv3: a dilated backbone (ResNet or MobileNetV3) + ASPP with image-level
-features (paper §3.3).
+features (paper §3.3); DeepLabv3+ with its decoder (`config.decoder`).
 
 Layer names (the checkpoint contract; backbone names in `backbones/`):
 
@@ -12,8 +12,10 @@ Layer names (the checkpoint contract; backbone names in `backbones/`):
   aspp_concat
   aspp_project_{conv,bn,relu}       1x1 projection of the concatenation
   dropout
+  decoder_*                         DeepLabv3+'s decoder (config.decoder; decoders.py)
   head_{conv,bn,relu}               3x3 conv before the logits (config.head_filters > 0)
-  logits                            1x1 conv to num_classes, with bias (float32)
+  logits                            1x1 conv to num_classes, with bias (float32),
+                                    at the output stride (at stride 4 with the decoder)
   logits_resize                     bilinear upsampling to the input size (float32)
   aux_{conv,bn,relu}, aux_dropout, aux_logits, aux_logits_resize
                                     auxiliary FCN head on the backbone's aux endpoint
@@ -32,6 +34,7 @@ from deeplabv3_tf.model.backbones import (
     BACKBONE_NAME, aux_endpoint, build_backbone, feature_endpoint)
 from deeplabv3_tf.model.blocks import BatchNorm, Norm, conv_bn
 from deeplabv3_tf.model.config import ModelConfig
+from deeplabv3_tf.model.decoders import decode
 from deeplabv3_tf.model.layers import ResizeLike
 
 LOGITS_LAYER = "logits"
@@ -89,7 +92,7 @@ def fcn_head(features, config: ModelConfig, norm: Norm, name: str = "aux"):
 def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
                     name: str = "deeplabv3", include_aux: bool | None = None,
                     batch_norm: BatchNorm = BatchNorm()) -> keras.Model:
-    """Builds DeepLabv3 (or its cascade variant) as a functional Keras model.
+    """Builds DeepLabv3 (its cascade variant, or DeepLabv3+) as a functional Keras model.
 
     Args:
       config: Model config. Output stride, ASPP rates and multi-grid only
@@ -121,6 +124,7 @@ def build_deeplabv3(config: ModelConfig, input_shape=(None, None, 3),
     if config.use_aspp:
         features = aspp(features, config, norm)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(features)
+    x = decode(x, endpoints, config, norm)
     if config.head_filters:
         x = conv_bn(x, config.head_filters, 3, norm, "head")
     # float32: the softmax/cross-entropy on these logits needs full precision.

@@ -1,8 +1,10 @@
 """Moving weights between models by layer name, and which sources a model may take.
 
 `transfer_weights` copies every layer whose name and shapes match (the
-`logits` layers may differ: another number of classes); `check_compatible`
-refuses a source whose backbone weights mean something else. Runs use both to
+`logits` layers may differ: another number of classes), except those
+`not_carried` names (the logits of a model with another decoder read other
+features); `check_compatible` refuses a source whose backbone weights mean
+something else. Runs use both to
 start from other runs (`runs.initialize_from_run`); folding and the
 inference graphs use `flat_layers` and `transfer_weights` too.
 """
@@ -31,13 +33,15 @@ def flat_layers(model: keras.Model, prefix: str = "") -> dict[str, keras.layers.
 
 def transfer_weights(source: keras.Model, target: keras.Model,
                      skip_mismatched: tuple[str, ...] = (LOGITS_LAYER, AUX_LOGITS_LAYER),
-                     log: Callable[[str], None] = print) -> int:
+                     log: Callable[[str], None] = print,
+                     leave_out: tuple[str, ...] = ()) -> int:
     """Copies weights of layers with the same name and shapes.
 
     Args:
       source, target: Models whose (nested) layers share names.
       skip_mismatched: Layers that may differ in shape (skipped with a message).
       log: Where messages go.
+      leave_out: Layers not copied whatever their shapes (with a message).
 
     Returns:
       Number of layers copied.
@@ -51,6 +55,9 @@ def transfer_weights(source: keras.Model, target: keras.Model,
         other = source_layers.get(name)
         if other is None:
             continue
+        if name.split("/")[-1] in leave_out:
+            log(f"init: leaving layer {name!r} as initialised (it reads other features here)")
+            continue
         shapes = [tuple(w.shape) for w in layer.weights]
         other_shapes = [tuple(w.shape) for w in other.weights]
         if shapes != other_shapes:
@@ -63,6 +70,13 @@ def transfer_weights(source: keras.Model, target: keras.Model,
         layer.set_weights(other.get_weights())
         copied += 1
     return copied
+
+
+def not_carried(source: ModelConfig, target: ModelConfig) -> tuple[str, ...]:
+    """Layers of the same name and shapes whose weights would be misread in
+    `target`: the logits, when the two decoders differ (a DeepLabv3 run's
+    logits read the encoder at the output stride, a DeepLabv3+'s the decoder)."""
+    return (LOGITS_LAYER,) if source.decoder != target.decoder else ()
 
 
 # Config fields that decide what backbone weights mean: weights of a run with

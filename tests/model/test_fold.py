@@ -6,6 +6,8 @@ keras.layers.BatchNormalization; the BN-folded float32 and bfloat16 graphs
 against the trained graph.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -217,13 +219,21 @@ def _randomised_model(config):
     return model
 
 
-@pytest.mark.parametrize("make_config", [tiny_config, tiny_mobilenet_config])
+PLUS = dict(decoder="deeplabv3plus", decoder_low_level_filters=8, decoder_filters=16)
+
+
+@pytest.mark.parametrize("make_config", [
+    tiny_config, tiny_mobilenet_config,
+    functools.partial(tiny_config, **PLUS),
+    functools.partial(tiny_mobilenet_config, decoder_separable=True, **PLUS)],
+    ids=["resnet", "mobilenet", "resnet_decoder", "mobilenet_separable_decoder"])
 def test_folded_graph_equals_trained_graph(make_config):
-    # MobileNetV3: depthwise kernels [k, k, C, 1] take the BN scale on their third axis.
+    # MobileNetV3 and the separable decoder: depthwise kernels [k, k, C, 1] take the
+    # BN scale on their third axis.
     config = make_config()
     model = _randomised_model(config)
     folded = fold_batch_norm(model, config)
-    names = [l.name for l in folded.get_layer("backbone").layers]
+    names = [l.name for l in folded.get_layer("backbone").layers + folded.layers]
     assert not [n for n in names if n.endswith("_bn")]
     assert folded.get_layer("backbone").get_layer("conv1_conv").use_bias
     images = np.random.default_rng(3).uniform(0, 255, (2, 97, 131, 3)).astype(np.float32)

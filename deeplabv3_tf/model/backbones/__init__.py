@@ -1,9 +1,10 @@
 """The backbones: one module each, listed once here.
 
   resnet               dilated ResNet v1 (resnet.py): endpoints c2..c5 (c6..c8
-                       with cascaded blocks); auxiliary head on c4
+                       with cascaded blocks); auxiliary head on c4, decoder on c2
   mobilenet_v3_large   torchvision's MobileNetV3-Large (mobilenet_v3.py):
-                       endpoints c1..c5 and c3_block1, where the auxiliary head sits
+                       endpoints c1..c5, c3_block1, where the auxiliary head sits,
+                       and c2_depthwise, where the decoder reads
 
 A new backbone is a module that ends with a `base.Backbone` record (builder,
 checks, endpoints, weight fields, torchvision names) and one line in
@@ -47,3 +48,8 @@ def feature_endpoint(config: ModelConfig) -> str:
 def aux_endpoint(config: ModelConfig) -> str:
     """The endpoint torchvision's auxiliary FCN head reads."""
     return get_backbone(config.backbone).aux_endpoint(config)
+
+
+def low_level_endpoint(config: ModelConfig) -> str:
+    """The stride-4 endpoint the DeepLabv3+ decoder reads."""
+    return get_backbone(config.backbone).low_level_endpoint(config)

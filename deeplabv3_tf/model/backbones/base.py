@@ -67,6 +67,8 @@ class Backbone:
       aspp_rates_at_os16: ASPP rates at output stride 16 (scaled by
         16 / output stride at other strides).
       aux_endpoint: The endpoint torchvision's auxiliary FCN head reads.
+      low_level_endpoint: The stride-4 endpoint the DeepLabv3+ decoder reads
+        (model/decoders.py), whatever the output stride.
       weight_fields: Config fields, besides the backbone and the input
         normalisation, that decide what its weights mean: a run with other
         values has weights of the same shapes that would be misread.
@@ -81,6 +83,7 @@ class Backbone:
     describe: Callable[["ModelConfig"], str]
     aspp_rates_at_os16: tuple[int, int, int]
     aux_endpoint: Callable[["ModelConfig"], str]
+    low_level_endpoint: Callable[["ModelConfig"], str]
     weight_fields: tuple[str, ...]
     classifier_head: Callable | None
     torchvision: TorchvisionLayout

@@ -34,10 +34,11 @@ Layer names (the checkpoint contract):
   conv{s}_block{u}_add                    residual sum (stride 1, same channels)
   conv5_last_{conv,bn,act}                1x1 conv to 960 channels, hard-swish
 
-Endpoints: "c1".."c5" (stage outputs; c5 after conv5_last) and
+Endpoints: "c1".."c5" (stage outputs; c5 after conv5_last);
 "c3_block1", the output of stage 3's first (strided) block, which is where
 torchvision's DeepLabv3 taps its auxiliary head (`stage_indices[-4]`,
-features[4]).
+features[4]); and "c2_depthwise", the depthwise activation of stage 2's last
+block, where research/deeplab's DeepLabv3+ decoder reads the stride-4 features.
 
 BatchNorm epsilon is MobileNetV3's 1e-3 (torchvision, keras.applications) in
 the backbone, whatever `config.bn_epsilon` (the head's) is.
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING
 import keras
 
 from deeplabv3_tf.model.backbones.base import BACKBONE_NAME, Backbone, TorchvisionLayout
-from deeplabv3_tf.model.blocks import BatchNorm, Norm, conv_bn, symmetric_padding
+from deeplabv3_tf.model.blocks import BatchNorm, Norm, conv_bn, depthwise_conv_bn
 from deeplabv3_tf.model.layers import InputNormalization, ResidualAdd
 
 if TYPE_CHECKING:  # annotations only: config.py imports the backbones
@@ -61,6 +62,10 @@ NAME = "mobilenet_v3_large"
 
 BN_EPSILON = 1e-3
 AUX_ENDPOINT = "c3_block1"
+# What the DeepLabv3+ decoder reads: the depthwise conv's output in the last
+# block at stride 4 (research/deeplab's mobilenet_v3_large_seg decoder end
+# point, layer_4/depthwise_output), 72 channels at width 1.0.
+LOW_LEVEL_ENDPOINT = "c2_depthwise"
 RELU, HARD_SWISH = "relu", "hard_swish"
 
 # torchvision's inverted_residual_setting for mobilenet_v3_large at width 1.0, by
@@ -149,11 +154,7 @@ def conv_bn_act(x, filters: int, kernel: int, norm: Norm, name: str,
         x = conv_bn(x, filters, kernel, norm, name, strides=strides, dilation_rate=rate,
                     relu=False)
         return _activation(x, activation, name)
-    x, padding = symmetric_padding(x, kernel, strides, rate, name)
-    x = keras.layers.DepthwiseConv2D(
-        kernel, strides=strides, padding=padding, dilation_rate=rate,
-        use_bias=norm.folded, depthwise_initializer="he_normal", name=f"{name}_conv")(x)
-    x = norm(x, f"{name}_bn")
+    x = depthwise_conv_bn(x, kernel, norm, name, strides=strides, dilation_rate=rate)
     return _activation(x, activation, name)
 
 
@@ -172,20 +173,23 @@ def inverted_residual(x, block: dict, norm: Norm):
     """One MobileNetV3 block (see `block_plan` for `block`).
 
     Returns:
-      float [B, ceil(H / stride), ceil(W / stride), block["output"]].
+      (output, depthwise): float [B, ceil(H / stride), ceil(W / stride),
+      block["output"]] and the depthwise conv's activation (block["expanded"]
+      channels), which the DeepLabv3+ decoder reads at stride 4.
     """
     name, activation = block["name"], block["activation"]
     y = x
     if block["expanded"] != block["input"]:
         y = conv_bn_act(y, block["expanded"], 1, norm, f"{name}_expand", activation)
-    y = conv_bn_act(y, block["expanded"], block["kernel"], norm, f"{name}_dw", activation,
-                    strides=block["stride"], depthwise=True, rate=block["rate"])
+    y = depthwise = conv_bn_act(y, block["expanded"], block["kernel"], norm, f"{name}_dw",
+                                activation, strides=block["stride"], depthwise=True,
+                                rate=block["rate"])
     if block["se"]:
         y = squeeze_excite(y, block["se"], f"{name}_se")
     y = conv_bn_act(y, block["output"], 1, norm, f"{name}_project", None)
     if block["stride"] == 1 and block["input"] == block["output"]:
         y = ResidualAdd(name=f"{name}_add")([x, y])
-    return y
+    return y, depthwise
 
 
 def build_mobilenet_v3(config: ModelConfig, input_shape=(None, None, 3),
@@ -203,7 +207,8 @@ def build_mobilenet_v3(config: ModelConfig, input_shape=(None, None, 3),
     Returns:
       A `keras.Model` mapping float32 RGB [B, H, W, 3] in [0, 255] to a dict of
       endpoints {"c1": [B, ceil(H/2), ceil(W/2), 16], ..., "c5": [B, ceil(H/os),
-      ceil(W/os), 960], "c3_block1": [B, ceil(H/8), ceil(W/8), 40]} (channels
+      ceil(W/os), 960], "c3_block1": [B, ceil(H/8), ceil(W/8), 40],
+      "c2_depthwise": [B, ceil(H/4), ceil(W/4), 72]} (channels
       at width 1.0; strides at most `config.output_stride`).
 
     Example:
@@ -219,11 +224,13 @@ def build_mobilenet_v3(config: ModelConfig, input_shape=(None, None, 3),
     endpoints = {}
     plan = block_plan(config)
     for i, block in enumerate(plan):
-        x = inverted_residual(x, block, norm)
+        x, depthwise = inverted_residual(x, block, norm)
         if block["name"] == "conv3_block1":
             endpoints[AUX_ENDPOINT] = x
         if i + 1 == len(plan) or plan[i + 1]["stage"] != block["stage"]:
             endpoints[block["stage"]] = x
+            if block["stage"] == "c2":
+                endpoints[LOW_LEVEL_ENDPOINT] = depthwise
     endpoints["c5"] = conv_bn_act(x, last_channels(config), 1, norm, "conv5_last", HARD_SWISH)
     return keras.Model(images, endpoints, name=name)
 
@@ -314,6 +321,7 @@ BACKBONE = Backbone(
     # torchvision's deeplabv3_mobilenet_v3_large uses 12, 24, 36 at output stride 16.
     aspp_rates_at_os16=(12, 24, 36),
     aux_endpoint=lambda config: AUX_ENDPOINT,
+    low_level_endpoint=lambda config: LOW_LEVEL_ENDPOINT,
     weight_fields=("width_multiplier",),
     classifier_head=classifier_head,
     torchvision=TorchvisionLayout(

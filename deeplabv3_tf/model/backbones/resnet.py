@@ -243,6 +243,8 @@ BACKBONE = Backbone(
     describe=lambda config: f"R{config.depth}",
     aspp_rates_at_os16=(6, 12, 18),  # the paper's (§3.3)
     aux_endpoint=lambda config: "c4",
+    # The paper's "Conv2 (before striding)": the stride-4 stage's output.
+    low_level_endpoint=lambda config: "c2",
     weight_fields=("depth", "base_width", "stem", "stride_in_1x1"),
     classifier_head=None,
     torchvision=TorchvisionLayout(
