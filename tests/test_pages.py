@@ -87,13 +87,18 @@ def test_evaluation_report(browser, trained_run, tmp_path):
     _assert_loads(loaded)
     # 6 val images: per setting 2 worst and 2 best, 4 pictures each.
     assert len(loaded["images"]) == 3 * 4 * 4
-    summary = _cells(browser, "[data-setting][data-key]:not([data-class])", "setting", "key")
+    summary = _cells(browser, "[data-setting][data-key]:not([data-class]):not([data-band])",
+                     "setting", "key")
     assert len(summary) == 3 * 3
     for cell in summary:
         value = results[cell["setting"]][cell["key"]]
         expected = ("-" if value is None else f"{value:.2f}") if cell["key"] == "paper_miou" \
             else _percent(value)
         assert cell["text"] == expected, cell
+    bands = _cells(browser, "[data-key=trimap]", "setting", "band")
+    assert len(bands) == 3 * 3
+    for cell in bands:
+        assert cell["text"] == _percent(results[cell["setting"]]["trimap"][cell["band"]]["miou"])
     ious = _cells(browser, "[data-key=iou]", "setting", "class")
     assert len(ious) == 3 * 21
     for cell in ious:

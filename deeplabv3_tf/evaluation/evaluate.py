@@ -17,7 +17,8 @@ from deeplabv3_tf.data.dataset import IGNORE_LABEL
 from deeplabv3_tf.data.pipeline import count_elements, list_files, make_dataset
 from deeplabv3_tf.evaluation.inference import Windows, predict_labels
 from deeplabv3_tf.evaluation.report import draw_chart, write_csv_reports
-from deeplabv3_tf.ops.metrics import confusion_matrix, iou_from_confusion
+from deeplabv3_tf.ops.metrics import (
+    TRIMAP_BANDS, confusion_matrix, iou_from_confusion, trimap_confusions)
 from deeplabv3_tf.pages.evaluation_page import ImageRanking, write_report
 from deeplabv3_tf.runs import load_experiment, load_trained_model
 
@@ -27,7 +28,8 @@ def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, num_classes: in
                    ignore_label: int = IGNORE_LABEL, progress: bool = False,
                    total: int | None = None,
                    on_batch: Callable[[dict, np.ndarray], None] | None = None,
-                   windows: Windows | None = None) -> dict:
+                   windows: Windows | None = None,
+                   trimap_bands: Sequence[int] = TRIMAP_BANDS) -> dict:
     """Runs the model over an evaluation dataset and scores it.
 
     Args:
@@ -41,37 +43,53 @@ def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, num_classes: in
       total: Number of batches, for the progress bar.
       on_batch: Called with each batch and its int32 predictions [B, H, W].
       windows: Sliding-window inference (None: whole images).
+      trimap_bands: Widths of the bands around label boundaries whose mIoU
+        is reported too (`metrics.boundary_band`); () for none.
 
     Returns:
       {"miou", "iou" [C], "pixel_accuracy", "pixels", "confusion" int64 [C, C],
-       "images"}.
+       "images", "trimap": {width: {"miou", "pixel_accuracy", "pixels"}}}.
     """
     spec = dataset.element_spec
+    trimap_bands = tuple(trimap_bands)
 
     @tf.function(input_signature=[spec["image"], spec["label"]])
     def step(images, labels):
         predictions = predict_labels(model, images, scales, flip, windows)
-        return predictions, confusion_matrix(labels, predictions, num_classes, ignore_label)
+        bands = (trimap_confusions(labels, predictions, num_classes, trimap_bands, ignore_label)
+                 if trimap_bands else tf.zeros([0, num_classes, num_classes], tf.int64))
+        return (predictions, confusion_matrix(labels, predictions, num_classes, ignore_label),
+                bands)
 
     matrix = np.zeros((num_classes, num_classes), np.int64)
+    band_matrices = np.zeros((len(trimap_bands), num_classes, num_classes), np.int64)
     images = 0
     bar = ProgressBar(total or 0, desc="[eval]", unit="img", enabled=progress)
     for batch in dataset:
-        predictions, batch_matrix = step(batch["image"], batch["label"])
+        predictions, batch_matrix, batch_bands = step(batch["image"], batch["label"])
         matrix += batch_matrix.numpy()
+        band_matrices += batch_bands.numpy()
         images += int(batch["image"].shape[0])
         if on_batch is not None:
             on_batch(batch, predictions.numpy())
         bar.update(int(batch["image"].shape[0]))
     bar.close()
     result = iou_from_confusion(matrix)
-    result.update(confusion=matrix, images=images)
+    trimap = {}
+    for width, band in zip(trimap_bands, band_matrices):
+        scores = iou_from_confusion(band)
+        trimap[width] = {k: scores[k] for k in ("miou", "pixel_accuracy", "pixels")}
+    result.update(confusion=matrix, images=images, trimap=trimap)
     return result
 
 
 def _format(result: dict, class_names) -> str:
     lines = [f"  mIoU {100 * result['miou']:.2f}   pixel accuracy "
              f"{100 * result['pixel_accuracy']:.2f}   ({result['images']} images)"]
+    if result.get("trimap"):
+        lines.append("  trimap mIoU  " + "   ".join(
+            f"{width}px " + ("n/a" if np.isnan(band["miou"]) else f"{100 * band['miou']:.2f}")
+            for width, band in result["trimap"].items()))
     for name, iou in zip(class_names, result["iou"]):
         lines.append(f"    {name:<16} {'n/a' if np.isnan(iou) else f'{100 * iou:6.2f}'}")
     return "\n".join(lines)
@@ -182,7 +200,7 @@ def evaluate_run(run_dir: str, output_dir: str, records: str | None = None,
         # The paper's figures are of whole images.
         paper = experiment.paper_results.get(f"val_miou_{setting.base_name}")
         if paper is not None:
-            log(f"  paper (DeepLabv3, {name}): {paper:.2f}")
+            log(f"  paper ({experiment.model.architecture_name}, {name}): {paper:.2f}")
         results[name] = result
         summary[name] = _summary(result, setting, class_names, prefix, paper, _write_files(
             output_dir, experiment, name, result, class_names, rankings[name]))
@@ -209,9 +227,14 @@ def _write_files(output_dir: str, experiment: ExperimentConfig, name: str, resul
 def _summary(result: dict, setting: Setting, class_names: list[str], prefix: str,
              paper: float | None, files: dict) -> dict:
     """A setting's entry of results.json."""
+    def number(value):
+        return None if np.isnan(value) else float(value)
+
     return {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
-            "iou": {n: (None if np.isnan(v) else float(v))
-                    for n, v in zip(class_names, result["iou"])},
+            "iou": {n: number(v) for n, v in zip(class_names, result["iou"])},
+            # Keyed by band width in pixels; mIoU None when no pixel lies in the band.
+            "trimap": {str(w): {"miou": number(band["miou"]), "pixels": band["pixels"]}
+                       for w, band in result["trimap"].items()},
             "images": result["images"], "output_stride": setting.output_stride,
             "scales": list(setting.scales), "flip": setting.flip,
             "window": setting.windows.to_dict() if setting.windows else None,

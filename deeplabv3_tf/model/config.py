@@ -15,7 +15,7 @@ from typing import Any
 
 from deeplabv3_tf.core.fields import check_known_fields
 from deeplabv3_tf.model.backbones import get_backbone, resnet
-from deeplabv3_tf.model.decoders import DECODERS, NONE
+from deeplabv3_tf.model.decoders import ARCHITECTURE_NAMES, DECODERS, NONE
 from deeplabv3_tf.model.layers import NORMALIZATIONS
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -167,6 +167,11 @@ class ModelConfig:
     def backbone_name(self) -> str:
         """"R101", "MobileNetV3-Large" (x0.25 when narrowed): for messages."""
         return get_backbone(self.backbone).describe(self)
+
+    @property
+    def architecture_name(self) -> str:
+        """"DeepLabv3" or "DeepLabv3+": what the paper figures beside it are of."""
+        return ARCHITECTURE_NAMES[self.decoder]
 
     @property
     def effective_aspp_rates(self) -> tuple[int, int, int]:

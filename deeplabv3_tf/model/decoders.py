@@ -93,6 +93,10 @@ DECODERS: dict[str, Callable | None] = {
 }
 
 
+# What a model with each decoder is called (paper figures, messages).
+ARCHITECTURE_NAMES = {NONE: "DeepLabv3", DEEPLABV3PLUS: "DeepLabv3+"}
+
+
 def decode(features, endpoints: dict, config: ModelConfig, norm: Norm):
     """The features the logits read: `config.decoder` applied to the encoder's."""
     decoder = DECODERS[config.decoder]

@@ -215,6 +215,7 @@ def write_report(output_dir: str, summary: dict, confusions: dict, rankings: dic
             f"{pages.escape(records)} ({first['images']} images). Figures in % (IoU, pixel "
             "accuracy); the same numbers as results.json.</p>"]
     body += _settings_section(summary)
+    body += _boundary_section(summary)
     body += _class_section(summary, class_names, colours)
     body += _confusion_section(confusions, class_names)
     body += _examples_section(output_dir, rankings, list(summary), class_names, colours,
@@ -243,6 +244,32 @@ def _settings_section(summary: dict) -> list[str]:
     body.append(pages.table(["setting", "output stride", "scales", "flip", "inference",
                              "mIoU", "paper mIoU", "pixel accuracy", "images"], rows))
 
+    return body
+
+
+def _boundary_section(summary: dict) -> list[str]:
+    """mIoU inside the trimap bands around label boundaries, beside the whole image's."""
+    esc = pages.escape
+    widths = list(next(iter(summary.values())).get("trimap") or {})
+    if not widths:
+        return []
+    body = ["<h2>Boundaries</h2>",
+            "<p>mIoU counted only over the pixels within w pixels of a label boundary "
+            "(the trimap of DeepLabv3+ Fig. 5): a pixel is in the band when the (2w + 1)-pixel "
+            "square around it holds more than one label, void included; void pixels are not "
+            "scored. Object outlines are where a decoder helps and where the band mIoU falls "
+            "furthest below the whole image's.</p>"]
+    rows = []
+    for name, result in summary.items():
+        cells = [f'<td class="name">{esc(name)}</td>', _percent(result["miou"])]
+        for width in widths:
+            band = result["trimap"][width]
+            cells.append(f'<td data-setting="{esc(name)}" data-key="trimap" '
+                         f'data-band="{esc(width)}" title="{band["pixels"]} pixels">'
+                         f'{_percent(band["miou"])}</td>')
+        rows.append(cells)
+    body.append(pages.table(["setting", "whole image"] + [f"{w} px band" for w in widths],
+                            rows))
     return body
 
 

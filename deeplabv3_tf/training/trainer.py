@@ -304,7 +304,7 @@ def _image_summary(writers, task: Task, predictor, strategy, batch, step, palett
 
 def _evaluate(model, dataset, experiment, writers, step, log) -> dict:
     result = evaluate_model(model, dataset, experiment.model.num_classes,
-                            ignore_label=experiment.data.ignore_label)
+                            ignore_label=experiment.data.ignore_label, trimap_bands=())
     log(f"step {step}: val mIoU {100 * result['miou']:.2f} over {result['images']} images")
     if writers:
         with writers["val"].as_default(step=step):
