@@ -39,6 +39,12 @@ flags.DEFINE_enum("precision", None, list(TRAINING_PRECISIONS),
 flags.DEFINE_enum("strategy", None, list(STRATEGIES),
                   "Distribution strategy (train.strategy).")
 flags.DEFINE_bool("jit_compile", None, "XLA-compile training steps (train.jit_compile).")
+flags.DEFINE_float("top_k_percent_pixels", None,
+                   "Hard-pixel mining: the loss keeps this share (0, 1] of each image's hardest "
+                   "valid pixels (train.top_k_percent_pixels; default 1.0, off).")
+flags.DEFINE_integer("hard_example_mining_step", None,
+                     "Steps over which that share falls from 1 to --top_k_percent_pixels "
+                     "(train.hard_example_mining_step; 0: at once).")
 flags.DEFINE_multi_string("set", [], "Any field: section.field=value, e.g. data.crop_size=(321,321).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("deterministic_ops", False,

@@ -29,7 +29,9 @@ FLAG_FIELDS = {"train_records": "data.train_records", "val_records": "data.val_r
                "init": "train.init", "steps": "train.steps", "batch_size": "train.batch_size",
                "learning_rate": "train.learning_rate", "output_stride": "model.output_stride",
                "precision": "train.precision", "strategy": "train.strategy",
-               "jit_compile": "train.jit_compile"}
+               "jit_compile": "train.jit_compile",
+               "top_k_percent_pixels": "train.top_k_percent_pixels",
+               "hard_example_mining_step": "train.hard_example_mining_step"}
 # `--set` names that moved: BatchNorm's runtime choices left the model config.
 MOVED_FIELDS = {"model.freeze_bn": "train.freeze_bn", "model.sync_bn": "train.sync_bn"}
 
@@ -116,6 +118,11 @@ class TrainConfig:
       class_weights: Optional per-class loss weights.
       aux_loss_weight: Weight of the auxiliary head's loss when the model has
         one (model.aux_head; 0.5 as torchvision's training reference).
+      top_k_percent_pixels: Hard-pixel mining (research/deeplab's flag, a
+        fraction despite its name): the segmentation loss keeps only the
+        hardest share of each image's valid pixels. 1.0: every pixel (off).
+      hard_example_mining_step: Steps over which that share falls linearly
+        from 1 to top_k_percent_pixels (0: from the first step).
       init: ImageNet `.h5` file, a run directory or checkpoint prefix ("" for
         random initialisation).
       precision: float32 | mixed_float16 | mixed_bfloat16.
@@ -141,6 +148,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     class_weights: tuple[float, ...] | None = None
     aux_loss_weight: float = 0.5
+    top_k_percent_pixels: float = 1.0
+    hard_example_mining_step: int = 0
     init: str = ""
     precision: str = "float32"
     jit_compile: bool = False
@@ -153,6 +162,19 @@ class TrainConfig:
     log_every: int = 50
     image_summary_every: int = 1000
     eval_every: int = 5000
+
+    def __post_init__(self):
+        if not 0.0 < self.top_k_percent_pixels <= 1.0:
+            raise ValueError(f"top_k_percent_pixels={self.top_k_percent_pixels} must be in "
+                             "(0, 1]: the share of each image's pixels the loss keeps.")
+        if self.hard_example_mining_step < 0:
+            raise ValueError(
+                f"hard_example_mining_step={self.hard_example_mining_step} must be >= 0.")
+
+    @property
+    def mines_hard_pixels(self) -> bool:
+        """Whether the loss keeps only each image's hardest pixels."""
+        return self.top_k_percent_pixels < 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ import tensorflow as tf
 from deeplabv3_tf.data.dataset import IGNORE_LABEL
 
 
-def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, class_weights=None):
-    """Softmax cross-entropy summed over non-ignored pixels.
+def pixel_losses(labels, logits, ignore_label: int = IGNORE_LABEL, class_weights=None):
+    """Per-pixel softmax cross-entropy, 0 on ignored pixels.
 
     Args:
       labels: int32 [B, H, W] class ids or `ignore_label`.
@@ -24,7 +24,7 @@ def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, clas
       class_weights: Optional float [C] per-class weights of the pixel losses.
 
     Returns:
-      The sum of the (weighted) cross-entropies, float32 [].
+      float32 [B, H, W] (weighted) cross-entropies.
     """
     labels = tf.cast(labels, tf.int32)
     valid = _valid(labels, ignore_label)
@@ -34,12 +34,63 @@ def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, clas
     weights = tf.cast(valid, tf.float32)
     if class_weights is not None:
         weights *= tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
-    return tf.reduce_sum(cross_entropy * weights)
+    return cross_entropy * weights
 
 
-def valid_pixel_count(labels, ignore_label: int = IGNORE_LABEL):
-    """The segmentation loss's normaliser: pixels of `labels` that are not `ignore_label`,
-    float32 [] (class weights do not enter it)."""
+def segmentation_loss_sum(labels, logits, ignore_label: int = IGNORE_LABEL, class_weights=None,
+                          hard_fraction=None):
+    """Softmax cross-entropy summed over non-ignored pixels, or over the hardest of them.
+
+    Args:
+      labels, logits, ignore_label, class_weights: As `pixel_losses`.
+      hard_fraction: None (or 1) for every valid pixel; a float32 scalar in
+        (0, 1] for the hardest `hard_pixel_counts` pixels of each image
+        (research/deeplab's top_k_percent_pixels, `mining_fraction`).
+
+    Returns:
+      The sum of the (weighted) cross-entropies, float32 [].
+    """
+    losses = pixel_losses(labels, logits, ignore_label, class_weights)
+    if hard_fraction is None:
+        return tf.reduce_sum(losses)
+    batch = tf.shape(losses)[0]
+    # Ignored pixels sort last (every loss is >= 0); the hardest come first.
+    flat = tf.where(_valid(labels, ignore_label), losses, -tf.ones_like(losses))
+    ranked = tf.sort(tf.reshape(flat, [batch, -1]), axis=-1, direction="DESCENDING")
+    counts = hard_pixel_counts(labels, hard_fraction, ignore_label)
+    taken = tf.range(tf.shape(ranked)[1])[None, :] < counts[:, None]
+    return tf.reduce_sum(tf.where(taken, ranked, tf.zeros_like(ranked)))
+
+
+def mining_fraction(step, top_k_percent_pixels: float, hard_example_mining_step: int):
+    """The share of each image's valid pixels the loss keeps at `step`, float32 [].
+
+    research/deeplab's schedule: from 1 (every pixel) at step 0 linearly down to
+    `top_k_percent_pixels` at `hard_example_mining_step`, then constant; with
+    `hard_example_mining_step` 0, `top_k_percent_pixels` from the start.
+    """
+    target = tf.constant(top_k_percent_pixels, tf.float32)
+    if hard_example_mining_step == 0:
+        return target
+    ratio = tf.minimum(1.0, tf.cast(step, tf.float32) / float(hard_example_mining_step))
+    return ratio * target + (1.0 - ratio)
+
+
+def hard_pixel_counts(labels, fraction, ignore_label: int = IGNORE_LABEL):
+    """How many pixels of each image the hard-pixel loss keeps: int32 [B],
+    floor(fraction x its valid pixels), at least 1 where it has any."""
+    valid = tf.reduce_sum(tf.cast(_valid(labels, ignore_label), tf.int32), axis=[1, 2])
+    kept = tf.cast(tf.floor(tf.cast(fraction, tf.float32) * tf.cast(valid, tf.float32)), tf.int32)
+    return tf.minimum(valid, tf.maximum(kept, tf.minimum(valid, 1)))
+
+
+def valid_pixel_count(labels, ignore_label: int = IGNORE_LABEL, hard_fraction=None):
+    """The segmentation loss's normaliser: pixels of `labels` that are not
+    `ignore_label` (or, with `hard_fraction`, the hardest of them that the loss
+    keeps), float32 [] (class weights do not enter it)."""
+    if hard_fraction is not None:
+        return tf.cast(tf.reduce_sum(hard_pixel_counts(labels, hard_fraction, ignore_label)),
+                       tf.float32)
     return tf.reduce_sum(tf.cast(_valid(labels, ignore_label), tf.float32))
 
 

@@ -47,13 +47,15 @@ class Task:
         """The training stream from example `start_index` (global batches)."""
         raise NotImplementedError
 
-    def loss_normalizer(self, batch: dict, experiment: Experiment) -> tf.Tensor:
+    def loss_normalizer(self, batch: dict, experiment: Experiment, step: tf.Tensor) -> tf.Tensor:
         """float32 scalar: what this replica's share of the global normaliser is
-        (valid pixels, examples); depends on the labels only."""
+        (valid pixels, examples); depends on the labels (and the step) only."""
         raise NotImplementedError
 
-    def loss_sum(self, batch: dict, outputs, experiment: Experiment) -> tf.Tensor:
-        """float32 scalar: the replica's loss summed over what `loss_normalizer` counts."""
+    def loss_sum(self, batch: dict, outputs, experiment: Experiment,
+                 step: tf.Tensor) -> tf.Tensor:
+        """float32 scalar: the replica's loss summed over what `loss_normalizer`
+        counts; `step` is the optimizer's step (a schedule may depend on it)."""
         raise NotImplementedError
 
     def step_predictions(self, outputs) -> tf.Tensor:

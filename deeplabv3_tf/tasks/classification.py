@@ -33,10 +33,11 @@ class ClassificationTask(Task):
             use_confidence=data.use_confidence, seed=tc.seed,
             shuffle_buffer=data.shuffle_buffer, start_index=start_index)
 
-    def loss_normalizer(self, batch: dict, experiment: Experiment) -> tf.Tensor:
+    def loss_normalizer(self, batch: dict, experiment: Experiment, step: tf.Tensor) -> tf.Tensor:
         return example_count(batch["target"])
 
-    def loss_sum(self, batch: dict, outputs, experiment: Experiment) -> tf.Tensor:
+    def loss_sum(self, batch: dict, outputs, experiment: Experiment,
+                 step: tf.Tensor) -> tf.Tensor:
         return multilabel_loss_sum(batch["target"], outputs)
 
     def transferable(self, model: keras.Model) -> keras.Model:

@@ -1,5 +1,5 @@
-"""Semantic segmentation: DeepLabv3, per-pixel cross-entropy over non-ignored
-pixels (plus the auxiliary head's, weighted), mIoU."""
+"""Semantic segmentation: DeepLabv3 (or DeepLabv3+), per-pixel cross-entropy over
+non-ignored pixels or the hardest of them (plus the auxiliary head's, weighted), mIoU."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from deeplabv3_tf.data.visualize import overlay
 from deeplabv3_tf.model.blocks import BatchNorm
 from deeplabv3_tf.model.config import ModelConfig
 from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, build_deeplabv3
-from deeplabv3_tf.ops.losses import segmentation_loss_sum, valid_pixel_count
+from deeplabv3_tf.ops.losses import mining_fraction, segmentation_loss_sum, valid_pixel_count
 from deeplabv3_tf.ops.metrics import confusion_matrix, iou_from_confusion
 from deeplabv3_tf.tasks.base import Experiment, Task
 
@@ -35,17 +35,32 @@ class SegmentationTask(Task):
             shuffle_buffer=data.shuffle_buffer, start_index=start_index,
             hard_class_ids=data.hard_class_ids, hard_class_repeat=data.hard_class_repeat)
 
-    def loss_normalizer(self, batch: dict, experiment: Experiment) -> tf.Tensor:
-        return valid_pixel_count(batch["label"], experiment.data.ignore_label)
+    @staticmethod
+    def _hard_fraction(experiment: Experiment, step: tf.Tensor):
+        """The share of pixels hard-pixel mining keeps at `step`; None when it is off."""
+        tc = experiment.train
+        if not tc.mines_hard_pixels:
+            return None
+        return mining_fraction(step, tc.top_k_percent_pixels, tc.hard_example_mining_step)
 
-    def loss_sum(self, batch: dict, outputs, experiment: Experiment) -> tf.Tensor:
+    def loss_normalizer(self, batch: dict, experiment: Experiment, step: tf.Tensor) -> tf.Tensor:
+        return valid_pixel_count(batch["label"], experiment.data.ignore_label,
+                                 self._hard_fraction(experiment, step))
+
+    def loss_sum(self, batch: dict, outputs, experiment: Experiment,
+                 step: tf.Tensor) -> tf.Tensor:
         ignore_label, weights = experiment.data.ignore_label, experiment.train.class_weights
+        fraction = self._hard_fraction(experiment, step)
+
+        def head_loss(logits):
+            return segmentation_loss_sum(batch["label"], logits, ignore_label, weights, fraction)
+
         if not isinstance(outputs, dict):
-            return segmentation_loss_sum(batch["label"], outputs, ignore_label, weights)
-        # Same pixels, same normaliser: the auxiliary loss is a weighted extra term.
-        return (segmentation_loss_sum(batch["label"], outputs[LOGITS], ignore_label, weights)
-                + experiment.train.aux_loss_weight * segmentation_loss_sum(
-                    batch["label"], outputs[AUX_LOGITS], ignore_label, weights))
+            return head_loss(outputs)
+        # Same number of pixels, same normaliser: the auxiliary loss (its own hardest
+        # pixels when mining) is a weighted extra term.
+        return (head_loss(outputs[LOGITS])
+                + experiment.train.aux_loss_weight * head_loss(outputs[AUX_LOGITS]))
 
     def step_predictions(self, outputs) -> tf.Tensor:
         # The main head's logits (a model with the auxiliary head returns both).

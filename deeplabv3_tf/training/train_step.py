@@ -41,10 +41,10 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     task = get_task(experiment.task)
     decayed = weight_decay_mask(model.trainable_variables)
 
-    def forward_backward(batch, total):
+    def forward_backward(batch, total, step):
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
-            loss_sum = task.loss_sum(batch, outputs, experiment)
+            loss_sum = task.loss_sum(batch, outputs, experiment, step)
             # Divided before the backward pass: one division, not one per gradient.
             loss = loss_sum / total
             scaled = optimizer.scale_loss(loss)
@@ -67,11 +67,13 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     def replica_step(batch, stop):
         # One collective carries both the loss normaliser and the stop flag.
-        count = task.loss_normalizer(batch, experiment)
+        # The step this update makes (a loss schedule's clock, e.g. hard-pixel mining).
+        step = tf.identity(optimizer.iterations)
+        count = task.loss_normalizer(batch, experiment, step)
         context = tf.distribute.get_replica_context()
         reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([count, stop]))
         total = tf.maximum(reduced[0], 1.0)
-        grads, loss, predictions = forward_backward(batch, total)
+        grads, loss, predictions = forward_backward(batch, total, step)
         # Outside the XLA-compiled part: the confusion matrix has dynamic shapes.
         matrix = task.step_confusion(batch, predictions, experiment)
         decay = tc.weight_decay * optimizer.scale_loss(tf.constant(1.0)) / replicas

@@ -37,7 +37,8 @@ ONE_STEP = textwrap.dedent("""
     from deeplabv3_tf.training.train_step import make_train_step
 
     experiment = override(tiny_voc(), ["model.dropout_rate=0.0", "train.batch_size=4",
-                                       "train.weight_decay=1e-3", "train.learning_rate=0.1"])
+                                       "train.weight_decay=1e-3", "train.learning_rate=0.1",
+                                       *sys.argv[2:]])
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (4, 49, 53, 3)).astype("float32")
     labels = rng.integers(0, 21, (4, 49, 53)).astype("int32")
@@ -70,9 +71,15 @@ ONE_STEP = textwrap.dedent("""
 
 
 @pytest.mark.numerics
-def test_two_replicas_with_sync_bn_match_one_replica(tmp_path):
+@pytest.mark.parametrize("overrides", [
+    [], ["train.top_k_percent_pixels=0.3", "model.decoder='deeplabv3plus'",
+         "model.decoder_filters=16", "model.decoder_low_level_filters=8"]],
+    ids=["deeplabv3", "deeplabv3plus_hard_pixels"])
+def test_two_replicas_with_sync_bn_match_one_replica(tmp_path, overrides):
+    # With hard-pixel mining each image keeps its own hardest pixels: the global
+    # normaliser (their count) is the same however the batch is split.
     out = tmp_path / "weights.npz"
-    result = subprocess.run([sys.executable, "-c", ONE_STEP, str(out)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", ONE_STEP, str(out), *overrides], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT"))
