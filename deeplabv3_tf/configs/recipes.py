@@ -4,8 +4,9 @@ A recipe is a function returning an `ExperimentConfig`; variants are
 `dataclasses.replace` of another recipe, never copies. `RECIPES` maps names
 (the `--experiment` flag) to those functions.
 
-Paper figures (Chen et al. 2017) are kept beside the recipes that produce them
-in `paper_results`, so evaluation can print them next to what a run reached.
+Paper figures (Chen et al. 2017; for DeepLabv3+, Chen et al. 2018, arXiv
+1802.02611, Table 3) are kept beside the recipes that produce them in
+`paper_results`, so evaluation can print them next to what a run reached.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 from deeplabv3_tf.configs.experiment import DataConfig, EvalConfig, ExperimentConfig, TrainConfig
 from deeplabv3_tf.data.dataset import CITYSCAPES, COCO_VOC, PASCAL_VOC, VOC_CLASSES
 from deeplabv3_tf.model.backbones import mobilenet_v3
+from deeplabv3_tf.model.decoders import DEEPLABV3PLUS
 from deeplabv3_tf.model.config import (
     ModelConfig, keras_applications_compatible, torchvision_backbone, torchvision_deeplabv3)
 from deeplabv3_tf.tasks.classification import NAME as CLASSIFICATION
@@ -167,6 +169,68 @@ def voc_mobilenetv3_os16_finetune() -> ExperimentConfig:
                                   init="runs/tv_deeplabv3_mobilenet_v3_large"))
 
 
+def _plus(model: ModelConfig, **overrides) -> ModelConfig:
+    """`model` with DeepLabv3+'s decoder (48-channel projection, two 3x3 convs of 256)
+    in place of DeepLabv3's 3x3 head conv, if it had one."""
+    return dataclasses.replace(model, decoder=DEEPLABV3PLUS, head_filters=0, **overrides)
+
+
+def voc_r101_plus_os16() -> ExperimentConfig:
+    """DeepLabv3+ (ResNet-101, decoder on conv2) with voc_r101_os16's schedule: the
+    DeepLabv3+ paper trains its ResNet-101 model as DeepLabv3 (§4.1: crop 513, poly
+    0.007, train_aug, output stride 16). Table 3 gives 78.85 at OS16, 79.35 at OS8 and
+    80.57 at OS8 + multi-scale + flip on VOC val (80.22 with OS16 + MS + flip)."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_plus_os16", model=_plus(base.model),
+        paper_results={"val_miou_os16": 78.85, "val_miou_os8": 79.35,
+                       "val_miou_os8_ms_flip": 80.57})
+
+
+def voc_r101_plus_os8_trainval() -> ExperimentConfig:
+    """voc_r101_os8_trainval's stage (frozen BN, OS8, lr 0.001, trainval) from
+    voc_r101_plus_os16. The paper's VOC test figures are of Xception, not ResNet-101."""
+    base = voc_r101_os8_trainval()
+    return dataclasses.replace(
+        base, name="voc_r101_plus_os8_trainval", model=_plus(base.model),
+        train=dataclasses.replace(base.train, init="runs/voc_r101_plus_os16"),
+        paper_results={})
+
+
+def cityscapes_r101_plus_os16() -> ExperimentConfig:
+    """cityscapes_r101_os16 with the decoder. The paper's Cityscapes figures are of
+    Xception-65/71 only; none is given here."""
+    base = cityscapes_r101_os16()
+    return dataclasses.replace(base, name="cityscapes_r101_plus_os16",
+                               model=_plus(base.model), paper_results={})
+
+
+def voc_r101_plus_from_torchvision() -> ExperimentConfig:
+    """Fine-tunes torchvision's COCO-trained DeepLabv3-R101 into DeepLabv3+ on VOC
+    train_aug: its backbone and ASPP carried over exactly, the decoder and the logits
+    new (its 3x3 head conv and logits read the encoder, not the decoder). Output
+    stride 16 (its weights were trained at 8; output stride does not change them),
+    its dropout 0.5 back to research/deeplab's 0.1, lr 0.001 for 30K steps: between
+    the paper's 0.007 from ImageNet and its 0.0001 from COCO, since the decoder starts
+    from nothing. Import first: tools/import_weights.py torchvision --arch
+    deeplabv3_resnet101 --output_dir runs/tv_deeplabv3_resnet101."""
+    base = voc_r101_os16()
+    return dataclasses.replace(
+        base, name="voc_r101_plus_from_torchvision",
+        model=_plus(torchvision_deeplabv3(base.model), dropout_rate=0.1),
+        train=dataclasses.replace(base.train, learning_rate=0.001,
+                                  init="runs/tv_deeplabv3_resnet101"),
+        paper_results={})
+
+
+def voc_mobilenetv3_plus_os16() -> ExperimentConfig:
+    """voc_mobilenetv3_os16 with the decoder on the stride-4 depthwise features
+    (research/deeplab's mobilenet_v3_large_seg end point), auxiliary head kept."""
+    base = voc_mobilenetv3_os16()
+    return dataclasses.replace(base, name="voc_mobilenetv3_plus_os16",
+                               model=_plus(base.model, dropout_rate=0.1))
+
+
 def tiny_model(num_classes: int = 21, **overrides) -> ModelConfig:
     """One bottleneck per stage, 8 base channels: trains in seconds on a CPU."""
     values = dict(num_classes=num_classes, depth=14, base_width=8, multi_grid=(1,),
@@ -190,6 +254,15 @@ def tiny_voc() -> ExperimentConfig:
                           eval_every=0),
         eval=EvalConfig(output_strides=(16, 8), scales=(0.75, 1.0, 1.25),
                         multiscale_output_stride=8))
+
+
+def tiny_voc_plus() -> ExperimentConfig:
+    """tiny_voc with DeepLabv3+'s decoder, narrowed as the rest (projection to 16
+    channels, two 3x3 convs of 32)."""
+    base = tiny_voc()
+    return dataclasses.replace(
+        base, name="tiny_voc_plus",
+        model=_plus(base.model, decoder_low_level_filters=16, decoder_filters=32))
 
 
 def tiny_voc_mobilenetv3() -> ExperimentConfig:
@@ -226,7 +299,13 @@ RECIPES: dict[str, Callable[[], ExperimentConfig]] = {
     "jft_r101_pretrain": jft_r101_pretrain,
     "voc_mobilenetv3_os16": voc_mobilenetv3_os16,
     "voc_mobilenetv3_os16_finetune": voc_mobilenetv3_os16_finetune,
+    "voc_r101_plus_os16": voc_r101_plus_os16,
+    "voc_r101_plus_os8_trainval": voc_r101_plus_os8_trainval,
+    "cityscapes_r101_plus_os16": cityscapes_r101_plus_os16,
+    "voc_r101_plus_from_torchvision": voc_r101_plus_from_torchvision,
+    "voc_mobilenetv3_plus_os16": voc_mobilenetv3_plus_os16,
     "tiny_voc": tiny_voc,
+    "tiny_voc_plus": tiny_voc_plus,
     "tiny_voc_mobilenetv3": tiny_voc_mobilenetv3,
     "tiny_jft": tiny_jft,
 }

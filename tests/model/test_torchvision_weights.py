@@ -177,6 +177,44 @@ def test_imported_backbone_initialises_deeplab_training(resnet50):
                             target_config=caffe)
 
 
+def test_deeplabv3plus_starts_from_imported_deeplabv3(deeplab_r50):
+    """voc_r101_plus_from_torchvision's start, on the R50: the imported run's
+    backbone and ASPP arrive exactly; its head conv and logits read the encoder,
+    so the decoder and the logits start anew."""
+    import dataclasses
+
+    import keras
+
+    from deeplabv3_tf.configs.recipes import voc_r101_plus_from_torchvision
+    from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
+    from deeplabv3_tf.runs import initialize_from_run
+
+    _, _, run, _ = deeplab_r50
+    source, experiment, _ = load_trained_model(run)
+    recipe = voc_r101_plus_from_torchvision().model
+    # The recipe's model on this run's backbone depth, classes and auxiliary head, at
+    # its output stride (8) to compare outputs; the recipe trains the same weights at 16.
+    config = dataclasses.replace(recipe, depth=experiment.model.depth,
+                                 num_classes=experiment.model.num_classes,
+                                 aux_head=experiment.model.aux_head,
+                                 output_stride=experiment.model.output_stride)
+    assert config.decoder == "deeplabv3plus" and config.head_filters == 0
+    target = build_deeplabv3(config, include_aux=False)
+    logits_before = target.get_layer("logits").get_weights()[0].copy()
+    messages = []
+    initialize_from_run(target, run, log=messages.append, target_config=config)
+    assert any("'logits'" in m and "other features" in m for m in messages), messages
+    np.testing.assert_array_equal(target.get_layer("logits").get_weights()[0], logits_before)
+    images = np.random.default_rng(5).uniform(0, 255, (2, 97, 131, 3)).astype(np.float32)
+    encoders = [keras.Model(m.input, m.get_layer("aspp_project_relu").output)(images)
+                for m in (source, target)]
+    np.testing.assert_array_equal(encoders[0].numpy(), encoders[1].numpy())
+    endpoints = [m.get_layer("backbone")(images) for m in (source, target)]
+    for name in ("c2", "c3", "c4", "c5"):  # the decoder's c2 included
+        np.testing.assert_array_equal(endpoints[0][name].numpy(), endpoints[1][name].numpy())
+    assert target(images).shape == (2, 97, 131, 21)
+
+
 def test_unknown_and_missing_entries_are_named(deeplab_r50, tmp_path):
     from deeplabv3_tf.model.deeplabv3 import build_deeplabv3
     from deeplabv3_tf.model.weights.torchvision import import_config
