@@ -40,3 +40,25 @@ def trained_run(tmp_path_factory):
     return {"run_dir": str(root / "run"), "records_dir": str(root / "records"),
             "voc_dir": info["voc_dir"], "val_records": str(root / "records" / "val-*"),
             "val_ids": info["val"]}
+
+
+@pytest.fixture(scope="session")
+def trained_plus_run(trained_run, tmp_path_factory):
+    """A tiny_voc_plus (DeepLabv3+) run: started from `trained_run` (its encoder
+    carried over, decoder new), trained 30 more steps on the same records.
+
+    Returns {"run_dir", "log"} (the training log's lines).
+    """
+    from deeplabv3_tf.configs.experiment import override
+    from deeplabv3_tf.configs.recipes import tiny_voc_plus
+    from deeplabv3_tf.training.trainer import train
+
+    run = str(tmp_path_factory.mktemp("trained_plus") / "run")
+    experiment = override(tiny_voc_plus(), [
+        f"data.train_records={trained_run['records_dir'] + '/train-*'!r}",
+        f"data.val_records={trained_run['val_records']!r}",
+        f"train.init={trained_run['run_dir']!r}",
+        "train.steps=30", "data.crop_size=(65, 65)", "train.checkpoint_every=30"])
+    lines = []
+    train(experiment, run, progress=False, log=lines.append)
+    return {"run_dir": run, "log": lines}
