@@ -125,3 +125,18 @@ def test_transfer_from_deeplabv3_carries_encoder_and_leaves_decoder_and_logits(b
     np.testing.assert_array_equal(encoder[0](images, training=False).numpy(),
                                   encoder[1](images, training=False).numpy())
     assert not_carried(source_config, source_config) == ()
+
+
+def test_auxiliary_head_beside_the_decoder():
+    # voc_mobilenetv3_plus_os16 keeps torchvision's auxiliary head: a second output for
+    # the training loss, absent from the inference graph.
+    from deeplabv3_tf.model.deeplabv3 import AUX_LOGITS, LOGITS, main_output
+
+    config = tiny_mobilenet_config(aux_head=True, **PLUS)
+    model = build_deeplabv3(config)
+    images = _images(1, 61, 45)
+    outputs = model(images, training=False)
+    assert outputs[LOGITS].shape == outputs[AUX_LOGITS].shape == (1, 61, 45, 5)
+    inference = build_deeplabv3(config, include_aux=False)
+    assert not any(layer.name.startswith("aux") for layer in inference.layers)
+    np.testing.assert_array_equal(main_output(model)(images).numpy(), outputs[LOGITS].numpy())
