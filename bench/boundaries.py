@@ -46,7 +46,7 @@ def main():
         seconds[recipe] = summary["seconds"]["training"]
         print(f"{recipe}: trained in {seconds[recipe]:.0f} s", flush=True)
     bands = list(next(iter(results[RECIPES[0]].values()))["trimap"])
-    print(f"\nval mIoU (%), whole image and within w pixels of a label boundary")
+    print("\nval mIoU (%), whole image and within w pixels of a label boundary")
     print(f"{'setting':<14}{'model':<16}{'whole':>8}" + "".join(f"{w + ' px':>9}" for w in bands))
     for setting in results[RECIPES[0]]:
         for recipe in RECIPES:

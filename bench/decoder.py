@@ -60,7 +60,7 @@ def main():
     from deeplabv3_tf.model.cost import count_macs, count_params
     from deeplabv3_tf.model.fold import fold_batch_norm
     from deeplabv3_tf.runs import load_trained_model
-    from deeplabv3_tf.serving.export import ExportOptions, export_saved_model
+    from deeplabv3_tf.serving.export import export_saved_model
     from deeplabv3_tf.serving.litert import LiteRTOptions, convert
 
     print(f"{describe_cpu()}; TensorFlow {tf.__version__}")

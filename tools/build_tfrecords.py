@@ -11,6 +11,13 @@
       [--palette palette.json] --output_dir records/mine
   python tools/build_tfrecords.py classification --manifest labels.csv --output_dir records/jft
 
+  # The same shards on Apache Beam (any source): locally, or on Dataflow, Flink, Spark
+  python tools/build_tfrecords.py voc --voc_dir VOCdevkit/VOC2012 --output_dir records/voc \
+      --runner DirectRunner
+  python tools/build_tfrecords.py coco ... --output_dir gs://bucket/records/coco \
+      --runner DataflowRunner --beam_pipeline_options \
+      project=my-project,region=europe-west4,temp_location=gs://bucket/tmp,setup_file=./setup.py
+
 Shards: <split>-NNNNN-of-NNNNN.tfrecord; manifest: <split>.manifest.json.
 A killed build is finished by rerunning the same command.
 """
@@ -24,6 +31,7 @@ import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
+from deeplabv3_tf.data.tfrecord_builders.beam_shards import RUNNERS, BeamEngine  # noqa: E402
 from deeplabv3_tf.data.tfrecord_builders.cityscapes import build_cityscapes  # noqa: E402
 from deeplabv3_tf.data.tfrecord_builders.classification import build_classification  # noqa: E402
 from deeplabv3_tf.data.tfrecord_builders.coco import build_coco  # noqa: E402
@@ -40,6 +48,13 @@ flags.DEFINE_bool("skip_invalid", False,
                   "Skip invalid examples (listed in the manifest) instead of stopping.")
 flags.DEFINE_list("splits", None, "Splits to build (default: all of the source's).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_enum("runner", None, list(RUNNERS),
+                  "Build on Apache Beam with this runner (pip install -r requirements-beam.txt); "
+                  "default: here, with --num_workers processes. The shards are the same.")
+flags.DEFINE_list("beam_pipeline_options", [],
+                  "Beam pipeline options, comma-separated name=value (as tfds build), e.g. "
+                  "project=p,region=r,temp_location=gs://b/tmp; DirectRunner: "
+                  "direct_num_workers (default --num_workers or all cores).")
 # voc / voc_aug
 flags.DEFINE_string("voc_dir", None, "VOCdevkit/VOC2012 (or VOCdevkit, or its parent).")
 flags.DEFINE_string("sbd_dir", None, "SBD benchmark_RELEASE (or its dataset/ directory).")
@@ -112,13 +127,18 @@ def main(argv):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     options = dict(num_workers=FLAGS.num_workers or None, num_shards=FLAGS.num_shards or None,
                    skip_invalid=FLAGS.skip_invalid, progress=FLAGS.progress)
+    if FLAGS.runner:
+        options["engine"] = BeamEngine(FLAGS.runner, tuple(
+            "--" + option.lstrip("-") for option in FLAGS.beam_pipeline_options))
+    elif FLAGS.beam_pipeline_options:
+        raise app.UsageError("--beam_pipeline_options needs --runner.")
 
     def build_and_report():
         for split, manifest in _build(argv[1], options).items():
             print(f"{split}: {manifest['count']} examples, {manifest['num_shards']} shards, "
                   f"{manifest['num_skipped']} skipped -> {FLAGS.output_dir}")
 
-    return run_reporting_errors(build_and_report, extra=(WorkerDiedError,))
+    return run_reporting_errors(build_and_report, extra=(WorkerDiedError, ImportError))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ def _open_image(path: str, data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # Decodes fully: a truncated file fails here.
+    except Image.UnidentifiedImageError:
+        # Pillow's own message names an in-memory buffer (and its address), not the file.
+        raise InvalidExampleError(
+            f"{path}: not a readable image (not in any image format Pillow reads)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InvalidExampleError(f"{path}: not a readable image ({e})") from None
     return image

@@ -163,7 +163,7 @@ def _shutdown_executors() -> None:
 
 
 def _run_chunk(encode: Callable[[Task], Encoded], tasks: Sequence[Task]) -> list:
-    return [_run(encode, task) for task in tasks]
+    return [run_encode(encode, task) for task in tasks]
 
 
 class _Encoder:
@@ -217,7 +217,7 @@ class _Encoder:
         self._queued.clear()
 
 
-def _run(encode: Callable[[Task], Encoded], task: Task):
+def run_encode(encode: Callable[[Task], Encoded], task: Task):
     try:
         return "ok", encode(task)
     except Filtered as e:
@@ -230,7 +230,7 @@ def _write_json(path: str, value) -> None:
     write_json_atomically(path, value, suffix=TEMP_SUFFIX)
 
 
-def _dedupe(tasks: Sequence[Task], spec: SplitSpec, split: str,
+def dedupe_tasks(tasks: Sequence[Task], spec: SplitSpec, split: str,
             skip_invalid: bool) -> tuple[list[Task], list[dict]]:
     seen, unique, skipped = set(), [], []
     for task in tasks:
@@ -250,7 +250,7 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
                 encode: Callable[[Task], Encoded], spec: SplitSpec, *,
                 num_shards: int | None = None, num_workers: int | None = None,
                 skip_invalid: bool = False, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, engine=None) -> dict:
     """Encodes `tasks` into sharded TFRecords and writes the split's manifest.
 
     Args:
@@ -265,6 +265,9 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
       skip_invalid: Skip (and list) invalid examples instead of failing.
       progress: Show a progress bar on stderr.
       log: Where one-line messages go.
+      engine: None builds here (spawned workers); an engine with this
+        function's `write_split` builds elsewhere, with the same encode
+        function and the same shards (`beam_shards.BeamEngine`).
 
     Returns:
       The manifest dict (also written to `<split>.manifest.json`).
@@ -274,10 +277,14 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
       WorkerDiedError: a worker process died (killed, out of memory).
       ValueError: the split is empty, or no example was valid.
     """
+    if engine is not None:
+        return engine.write_split(output_dir, split, tasks, encode, spec, num_shards=num_shards,
+                                  num_workers=num_workers, skip_invalid=skip_invalid,
+                                  progress=progress, log=log)
     if not tasks:
         raise ValueError(f"Split {split!r} is empty ({spec.origin or 'no examples'}).")
     os.makedirs(output_dir, exist_ok=True)
-    tasks, skipped = _dedupe(tasks, spec, split, skip_invalid)
+    tasks, skipped = dedupe_tasks(tasks, spec, split, skip_invalid)
     num_shards = num_shards or default_num_shards(len(tasks))
     num_workers = num_workers or os.cpu_count() or 1
     fingerprint = _fingerprint(split, num_shards, spec, skip_invalid, tasks)
@@ -295,7 +302,7 @@ def write_split(output_dir: str, split: str, tasks: Sequence[Task],
     _encode_pending(output_dir, split, tasks, bounds, pending, done, progress_path, encode,
                     spec, num_workers, skip_invalid, progress)
 
-    manifest = _manifest(split, done, num_shards, spec, skipped)
+    manifest = split_manifest(split, done, num_shards, spec, skipped)
     if manifest["count"] == 0:
         raise ValueError(
             f"Split {split!r}: none of {len(tasks)} examples could be written "
@@ -325,7 +332,7 @@ def _encode_pending(output_dir, split, tasks, bounds, pending, done, progress_pa
     if num_workers > 1 and len(work) > 1:
         results = _Encoder(encode, work, num_workers)
     else:
-        results = (_run(encode, task) for task in work)
+        results = (run_encode(encode, task) for task in work)
     try:
         for shard in pending:
             done["shards"][str(shard)] = _write_shard(
@@ -391,7 +398,7 @@ def _write_shard(output_dir, split, shard, num_shards, tasks, results, spec,
             "filtered": filtered}
 
 
-def _manifest(split, done, num_shards, spec: SplitSpec, skipped) -> dict:
+def split_manifest(split, done, num_shards, spec: SplitSpec, skipped) -> dict:
     shards = [done["shards"][str(i)] for i in range(num_shards)]
     counts = np.sum([s["class_counts"] for s in shards], axis=0).astype(np.int64)
     skipped = skipped + [s for shard in shards for s in shard["skipped"]]
