@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
+import tensorflow as tf
+
 
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str | None = None) -> Iterator[str]:
@@ -87,9 +89,9 @@ def read_json(path: str, what: str):
       path: The file.
       what: What the file is, for the message ("COCO annotations").
     """
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:

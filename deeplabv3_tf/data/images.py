@@ -10,6 +10,7 @@ import dataclasses
 import io
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from deeplabv3_tf.data.dataset import IGNORE_LABEL
@@ -32,12 +33,14 @@ class EncodedImage:
 def read_bytes(path: str) -> bytes:
     """A file's bytes; a missing or unreadable file is an InvalidExampleError naming it."""
     try:
-        with open(path, "rb") as f:
+        # tf.io.gfile: gs:// (and s3://, where its file system is installed) sources too.
+        with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
+    except tf.errors.NotFoundError:
         raise InvalidExampleError(f"{path}: file not found") from None
-    except OSError as e:
-        raise InvalidExampleError(f"{path}: cannot be read ({e.strerror})") from None
+    except (tf.errors.OpError, OSError) as e:
+        reason = e.message if isinstance(e, tf.errors.OpError) else e.strerror
+        raise InvalidExampleError(f"{path}: cannot be read ({reason})") from None
 
 
 def _open_image(path: str, data: bytes) -> Image.Image:

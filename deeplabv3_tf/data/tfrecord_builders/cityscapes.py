@@ -10,10 +10,10 @@ Label ids map to train ids as in cityscapesScripts' labels.py
 from __future__ import annotations
 
 import functools
-import glob
 import os
 
 import numpy as np
+import tensorflow as tf
 
 from deeplabv3_tf.data.dataset import CITYSCAPES, CITYSCAPES_CLASSES, IGNORE_LABEL
 from deeplabv3_tf.data.images import read_index_mask
@@ -40,7 +40,7 @@ def read_cityscapes_label(path: str) -> np.ndarray:
 def cityscapes_tasks(root: str, split: str) -> list[Task]:
     pattern = os.path.join(root, "gtFine", split, "*", f"*{LABEL_SUFFIX}")
     tasks = []
-    for label_path in sorted(glob.glob(pattern)):
+    for label_path in sorted(tf.io.gfile.glob(pattern)):
         stem = os.path.basename(label_path)[: -len(LABEL_SUFFIX)]
         city = os.path.basename(os.path.dirname(label_path))
         image = os.path.join(root, "leftImg8bit", split, city, stem + IMAGE_SUFFIX)
@@ -63,7 +63,7 @@ def build_cityscapes(root: str, output_dir: str, splits=("train", "val"),
       {split: manifest}.
     """
     for sub in ("leftImg8bit", "gtFine"):
-        if not os.path.isdir(os.path.join(root, sub)):
+        if not tf.io.gfile.isdir(os.path.join(root, sub)):
             raise FileNotFoundError(f"No Cityscapes under {root}: {sub}/ is missing.")
     manifests = {}
     for split in splits:

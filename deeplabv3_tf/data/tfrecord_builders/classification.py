@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import os
 
 import numpy as np
+import tensorflow as tf
 
 from deeplabv3_tf.data.dataset import DatasetInfo
 from deeplabv3_tf.data.images import read_image
@@ -47,9 +49,14 @@ def normalize_labels(labels, confidences=None, names=None):
             [best[k][1] for k in ordered] if names is not None else None)
 
 
+def _read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path) as f:
+        return f.read()
+
+
 def _rows(path: str):
     """Yields (line number, image, labels, confidences, names) from a manifest."""
-    with open(path, newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         if path.endswith((".jsonl", ".json")):
             for number, line in enumerate(f, start=1):
                 if not line.strip():
@@ -82,7 +89,7 @@ def read_classification_manifest(path: str, num_classes: int | None = None):
     Raises:
       FileNotFoundError / ValueError: naming the manifest line and problem.
     """
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Classification manifest not found: {path}")
     base = os.path.dirname(os.path.abspath(path))
     rows, max_label = [], -1

@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 import os
 
+import tensorflow as tf
+
 from deeplabv3_tf.data.dataset import IGNORE_LABEL, DatasetInfo, default_colors
 from deeplabv3_tf.data.images import read_color_mask
 from deeplabv3_tf.data.palette_file import read_palette_file
@@ -50,7 +52,7 @@ def read_palette(path: str) -> tuple[dict[tuple[int, int, int], int], list[str] 
 def _find_image(images_dir: str, example_id: str) -> str:
     for extension in IMAGE_EXTENSIONS:
         path = os.path.join(images_dir, example_id + extension)
-        if os.path.exists(path):
+        if tf.io.gfile.exists(path):
             return path
     # A path that names what was looked for; reading it reports it missing.
     return os.path.join(images_dir, example_id + ".{jpg,jpeg,png,bmp}")
@@ -96,7 +98,7 @@ def build_folder(images_dir: str, masks_dir: str, splits: dict[str, str], output
         "folder", tuple(class_names or (f"class_{i}" for i in range(num_classes))),
         tuple(colors) if colors else default_colors(num_classes))
     for directory in (images_dir, masks_dir):
-        if not os.path.isdir(directory):
+        if not tf.io.gfile.isdir(directory):
             raise FileNotFoundError(f"Directory not found: {directory}")
     manifests = {}
     for split, list_path in splits.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow as tf
 
 from deeplabv3_tf.data.dataset import IGNORE_LABEL
 from deeplabv3_tf.data.images import (
@@ -64,9 +65,9 @@ def read_split_list(path: str) -> list[str]:
     Raises:
       FileNotFoundError: naming the list.
     """
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Split list not found: {path}")
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         return [os.path.splitext(line.split()[0])[0] for line in f if line.strip()]
 
 

@@ -17,13 +17,15 @@ real data. Where an id has a VOC SegmentationClass mask, that mask is used
 from __future__ import annotations
 
 import functools
+import io
 import os
 
 import numpy as np
+import tensorflow as tf
 import scipy.io
 
 from deeplabv3_tf.data.dataset import IGNORE_LABEL, PASCAL_VOC, VOC_CLASSES
-from deeplabv3_tf.data.images import InvalidExampleError, read_index_mask
+from deeplabv3_tf.data.images import InvalidExampleError, read_bytes, read_index_mask
 from deeplabv3_tf.data.tfrecord_builders.segmentation import (
     encode_segmentation, read_split_list)
 from deeplabv3_tf.data.tfrecord_builders.shards import SplitSpec, Task, write_split
@@ -36,7 +38,7 @@ def find_voc_root(path: str) -> str:
     """Accepts VOCdevkit/VOC2012, VOCdevkit, or a directory holding VOCdevkit."""
     for candidate in (path, os.path.join(path, "VOC2012"),
                       os.path.join(path, "VOCdevkit", "VOC2012")):
-        if os.path.isdir(os.path.join(candidate, "ImageSets", "Segmentation")):
+        if tf.io.gfile.isdir(os.path.join(candidate, "ImageSets", "Segmentation")):
             return candidate
     raise FileNotFoundError(
         f"No PASCAL VOC 2012 under {path}: expected ImageSets/Segmentation in it, "
@@ -46,7 +48,7 @@ def find_voc_root(path: str) -> str:
 def find_sbd_root(path: str) -> str:
     """Accepts benchmark_RELEASE/dataset or benchmark_RELEASE."""
     for candidate in (path, os.path.join(path, "dataset")):
-        if os.path.isdir(os.path.join(candidate, "cls")):
+        if tf.io.gfile.isdir(os.path.join(candidate, "cls")):
             return candidate
     raise FileNotFoundError(
         f"No SBD under {path}: expected cls/ in it or in dataset/.")
@@ -54,10 +56,9 @@ def find_sbd_root(path: str) -> str:
 
 def read_sbd_mat(path: str) -> np.ndarray:
     """Reads GTcls.Segmentation (class ids 0..20) from an SBD .mat file."""
-    if not os.path.exists(path):
-        raise InvalidExampleError(f"{path}: file not found")
+    data = read_bytes(path)
     try:
-        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
         return np.asarray(mat["GTcls"].Segmentation).astype(np.int32)
     except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
         raise InvalidExampleError(
@@ -118,10 +119,10 @@ def train_aug_tasks(voc_root: str, sbd_root: str) -> list[Task]:
     tasks = []
     for example_id in train_aug_ids(voc_root, sbd_root):
         image = os.path.join(voc_root, "JPEGImages", f"{example_id}.jpg")
-        if not os.path.exists(image):
+        if not tf.io.gfile.exists(image):
             image = os.path.join(sbd_root, "img", f"{example_id}.jpg")
         voc_mask = os.path.join(voc_root, "SegmentationClass", f"{example_id}.png")
-        if os.path.exists(voc_mask):
+        if tf.io.gfile.exists(voc_mask):
             tasks.append(Task(example_id, (image, voc_mask),
                               functools.partial(read_index_mask, voc_mask)))
         else:
