@@ -47,13 +47,13 @@ def budget_problem(data: bytes, max_pixels: int) -> str | None:
     return None
 
 
-def _reason(error: Exception, path: str) -> str:
+def reason_of(error: Exception, path: str) -> str:
     """One line saying why an image was skipped (a served model's refusal, a
     decoding error or an unreadable file), without the path again."""
     if isinstance(error, tf.errors.OpError):
         text = error.message
         if "assertion failed: [" in text:  # the served model's own check
-            text = text.split("assertion failed: [", 1)[1].rsplit("]", 1)[0]
+            text = text.split("assertion failed: [", 1)[1].split("\n")[0].removesuffix("]")
             text = text.removeprefix("image 0: ")
         text = text.split("[Op:")[0].split("\n")[0]
         return text.split("}} ")[-1].strip()
@@ -168,7 +168,7 @@ def predict_files(source: str, inputs: Sequence[str], output_dir: str,
             image = read_image(path, data)  # Validates and converts to RGB 8-bit.
             labels = predictor(image.data)
         except (InvalidExampleError, tf.errors.InvalidArgumentError) as e:
-            reason = _reason(e, path)
+            reason = reason_of(e, path)
             log(f"{path}: skipped: {reason}")
             results.append({"path": path, "skipped": reason})
             continue
