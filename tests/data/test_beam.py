@@ -133,7 +133,8 @@ def test_many_bad_images_are_all_named_at_the_end(tmp_path):
 
 def test_rerun_after_a_killed_build_gives_the_same_shards(sources, tmp_path):
     out = str(tmp_path / "beam")
-    first = sources["voc"](out, num_shards=3, engine=BEAM, **QUIET)
+    # One split: each split is a pipeline of its own, whose workers start anew.
+    first = sources["voc"](out, splits=("train",), num_shards=3, engine=BEAM, **QUIET)
     expected = _files(out)
     # What a killed build leaves: a temporary of an attempt, one shard missing,
     # another truncated, no manifest, the reports directory.
@@ -145,7 +146,7 @@ def test_rerun_after_a_killed_build_gives_the_same_shards(sources, tmp_path):
         f.write(b"partial")
     os.remove(os.path.join(out, "train.manifest.json"))
     os.makedirs(os.path.join(out, ".train.beam"))
-    again = sources["voc"](out, num_shards=3, engine=BEAM, **QUIET)
+    again = sources["voc"](out, splits=("train",), num_shards=3, engine=BEAM, **QUIET)
     assert _files(out) == expected and again == first
     assert not glob.glob(os.path.join(out, ".*"))
 
@@ -171,7 +172,7 @@ def test_tool_builds_on_beam_and_names_bad_flags(tmp_path):
             cwd=ROOT, capture_output=True, text=True, timeout=300)
 
     done = run("--runner=DirectRunner", "--beam_pipeline_options=direct_num_workers=2",
-               "--num_shards=2")
+               "--num_shards=2", "--splits=train,val")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "train: 4 examples, 2 shards, 0 skipped" in done.stdout
     with open(tmp_path / "out" / "val.manifest.json") as f:
